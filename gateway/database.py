@@ -1,0 +1,90 @@
+"""The database engine and sessions, for SQLite (embedded default) and PostgreSQL (asyncpg)."""
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from gateway import jsonops
+
+
+class Database:
+    """One engine and its session factory. Sessions are short: open one per unit of work.
+
+    SQLite serializes writers, so its pool holds one connection: requests queue for it instead
+    of failing with `database is locked`. PostgreSQL gets a normal pool.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        parsed = make_url(url)
+        self.url = url
+        self.dialect_name = parsed.get_backend_name()
+        if self.dialect_name == "sqlite":
+            self.engine: AsyncEngine = create_async_engine(
+                url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60
+            )
+            _configure_sqlite(self.engine)
+        elif self.dialect_name == "postgresql":
+            self.engine = create_async_engine(
+                url,
+                echo=echo,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                json_serializer=_dump_json,
+            )
+        else:
+            raise ValueError(
+                f"unsupported database {parsed.drivername!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads; whatever it did is rolled back when it closes."""
+        async with self._sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed when the block ends, rolled back on error."""
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _dump_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    functions: dict[str, tuple[int, Callable[..., Any]]] = {
+        "gateway_icontains": (2, jsonops.icontains),
+        "gateway_json_contains": (2, jsonops.sqlite_json_contains),
+        "gateway_json_merge": (2, jsonops.sqlite_json_merge),
+        "gateway_tags_contain_all": (2, jsonops.sqlite_tags_contain_all),
+    }
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so SAVEPOINT works (SQLAlchemy's recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.close()
+        for name, (arity, function) in functions.items():
+            dbapi_connection.create_function(name, arity, function, deterministic=True)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front: another process's writer waits (busy_timeout)
+        # instead of failing when a read transaction later tries to write.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
