@@ -25,7 +25,7 @@ class Database:
         self.dialect_name = parsed.get_backend_name()
         if self.dialect_name == "sqlite":
             self.engine: AsyncEngine = create_async_engine(
-                url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60
+                url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60, json_serializer=_dump_json
             )
             _configure_sqlite(self.engine)
         elif self.dialect_name == "postgresql":

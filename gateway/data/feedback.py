@@ -1,0 +1,90 @@
+"""Feedback: one row per step (a second rating of the same step updates the first)."""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.data.common import KEEP, Keep, from_row, insert
+from gateway.data.pagination import Ordering, Page, PageRequest, count_by_parent, fetch_pages_by_parent
+from gateway.errors import BadUserInput, Conflict, NotFound
+from gateway.ids import new_id
+from gateway.tables import Feedback, feedbacks_table, steps_table
+
+FEEDBACK_ORDER = Ordering("feedbacks:id", (feedbacks_table.c.id,))
+FEEDBACK_VALUES = (0, 1)
+
+
+async def get_feedbacks_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, Feedback]:
+    rows = (await session.execute(sa.select(Feedback).where(feedbacks_table.c.id.in_(list(ids))))).scalars()
+    return {row.id: row for row in rows}
+
+
+async def get_feedback_of_steps(session: AsyncSession, *, step_ids: Sequence[str]) -> dict[str, Feedback]:
+    statement = sa.select(Feedback).where(feedbacks_table.c.forId.in_(list(step_ids)))
+    return {row.forId: row for row in (await session.execute(statement)).scalars()}
+
+
+async def list_feedbacks_of_threads(
+    session: AsyncSession, *, thread_ids: Sequence[str], request: PageRequest
+) -> dict[str, Page[Feedback]]:
+    return await fetch_pages_by_parent(
+        session,
+        model=Feedback,
+        parent_column=feedbacks_table.c.threadId,
+        parent_ids=thread_ids,
+        ordering=FEEDBACK_ORDER,
+        request=request,
+    )
+
+
+async def count_feedbacks_of_threads(session: AsyncSession, *, thread_ids: Sequence[str]) -> dict[str, int]:
+    return await count_by_parent(session, parent_column=feedbacks_table.c.threadId, parent_ids=thread_ids)
+
+
+async def upsert_feedback(
+    session: AsyncSession,
+    *,
+    for_id: str,
+    value: int,
+    comment: str | None | Keep = KEEP,
+    feedback_id: str | None = None,
+) -> Feedback:
+    """Rate a step. Keyed by the step, so concurrent ratings of one step make one row."""
+    if value not in FEEDBACK_VALUES:
+        raise BadUserInput(f"feedback value must be 0 (thumbs down) or 1 (thumbs up), not {value}", field="value")
+    thread_id = (
+        await session.execute(sa.select(steps_table.c.threadId).where(steps_table.c.id == for_id))
+    ).scalar_one_or_none()
+    if thread_id is None:
+        raise NotFound(f"step {for_id} does not exist", field="forId")
+    if feedback_id is not None:
+        other_step = (
+            await session.execute(sa.select(feedbacks_table.c.forId).where(feedbacks_table.c.id == feedback_id))
+        ).scalar_one_or_none()
+        if other_step is not None and other_step != for_id:
+            raise Conflict(f"feedback {feedback_id} rates step {other_step}, not {for_id}", field="id")
+    new_row = {
+        "id": feedback_id or new_id(),
+        "forId": for_id,
+        "threadId": thread_id,
+        "value": value,
+        "comment": None if comment is KEEP else comment,
+    }
+    statement = insert(session, feedbacks_table).values(new_row)
+    set_ = {"value": statement.excluded.value}
+    if comment is not KEEP:
+        set_["comment"] = statement.excluded.comment
+    statement = statement.on_conflict_do_update(index_elements=[feedbacks_table.c.forId], set_=set_)
+    row = (await session.execute(statement.returning(*feedbacks_table.c))).one()
+    return from_row(Feedback, row)  # type: ignore[no-any-return]
+
+
+async def delete_feedback(session: AsyncSession, *, feedback_id: str) -> None:
+    deleted = (
+        await session.execute(
+            sa.delete(feedbacks_table).where(feedbacks_table.c.id == feedback_id).returning(feedbacks_table.c.id)
+        )
+    ).first()
+    if deleted is None:
+        raise NotFound(f"feedback {feedback_id} does not exist", field="id")

@@ -1,0 +1,225 @@
+"""Keyset pagination: Relay arguments in, one page of rows and their cursors out.
+
+A cursor encodes the sort values of its row plus the row id as tie-breaker, never an offset, so it
+stays valid when its row is deleted and pages neither repeat nor skip rows while others are
+inserted. Each cursor names the list and order it belongs to; any other list refuses it.
+"""
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
+
+from gateway.errors import BadUserInput
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """Validated Relay arguments: `first`/`after` page forward, `last`/`before` backward."""
+
+    first: int | None = None
+    after: str | None = None
+    last: int | None = None
+    before: str | None = None
+
+    @classmethod
+    def build(
+        cls, *, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None,
+    ) -> "PageRequest":
+        if first is not None and last is not None:
+            raise BadUserInput("give `first` or `last`, not both", argument="first")
+        for name, size in (("first", first), ("last", last)):
+            if size is not None and not 0 <= size <= MAX_PAGE_SIZE:
+                raise BadUserInput(
+                    f"`{name}` must be between 0 and {MAX_PAGE_SIZE}, not {size}", argument=name
+                )
+        if first is None and last is None:
+            # `before` alone reads backwards from it: the page just before the cursor.
+            if before is not None and after is None:
+                last = DEFAULT_PAGE_SIZE
+            else:
+                first = DEFAULT_PAGE_SIZE
+        return cls(first=first, after=after, last=last, before=before)
+
+    @property
+    def backward(self) -> bool:
+        return self.last is not None
+
+    @property
+    def size(self) -> int:
+        return self.last if self.last is not None else (self.first or 0)
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """How a list is sorted: its key columns (the id last) and direction, named for its cursors."""
+
+    name: str
+    columns: tuple[ColumnElement[Any], ...]
+    descending: bool = False
+
+    def values_of(self, row: Any) -> list[Any]:
+        return [getattr(row, column.key) for column in self.columns]  # type: ignore[attr-defined]
+
+    def encode(self, row: Any) -> str:
+        raw = json.dumps([self.name, self.values_of(row)], separators=(",", ":"), ensure_ascii=False)
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    def decode(self, cursor: str, argument: str) -> list[Any]:
+        try:
+            padded = cursor + "=" * (-len(cursor) % 4)
+            name, values = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as error:
+            raise BadUserInput(f"`{argument}` is not a valid cursor", argument=argument) from error
+        if name != self.name:
+            raise BadUserInput(
+                f"`{argument}` is a cursor of another list or order ({name}), not of {self.name}",
+                argument=argument,
+            )
+        if (
+            not isinstance(values, list)
+            or len(values) != len(self.columns)
+            or not all(value is None or isinstance(value, (str, int)) for value in values)
+        ):
+            raise BadUserInput(f"`{argument}` is not a valid cursor", argument=argument)
+        return values
+
+    def order_by(self, reverse: bool = False) -> list[ColumnElement[Any]]:
+        descending = self.descending != reverse
+        return [column.desc() if descending else column.asc() for column in self.columns]
+
+    def beyond(self, cursor: str, argument: str, *, forward: bool) -> ColumnElement[bool]:
+        """Rows after (`forward`) or before the cursor, in this ordering's direction."""
+        values = self.decode(cursor, argument)
+        keys = sa.tuple_(*self.columns)
+        bound = sa.tuple_(*[sa.literal(value, column.type) for value, column in zip(values, self.columns, strict=True)])
+        greater = forward != self.descending
+        return keys > bound if greater else keys < bound
+
+
+@dataclass
+class Page(Generic[Row]):
+    rows: list[Row] = field(default_factory=list)
+    cursors: list[str] = field(default_factory=list)
+    has_next_page: bool = False
+    has_previous_page: bool = False
+
+
+def cursor_conditions(ordering: Ordering, request: PageRequest) -> list[ColumnElement[bool]]:
+    conditions = []
+    if request.after is not None:
+        conditions.append(ordering.beyond(request.after, "after", forward=True))
+    if request.before is not None:
+        conditions.append(ordering.beyond(request.before, "before", forward=False))
+    return conditions
+
+
+def build_page(rows: Sequence[Row], ordering: Ordering, request: PageRequest) -> Page[Row]:
+    """Rows come in reading order for forward pages and reversed for backward ones, one extra row
+    beyond the page telling whether more exist in that direction.
+
+    In the direction opposite to reading, a page says there is more when it was given a cursor on
+    that side (`after` forward, `before` backward), which the Relay specification allows.
+    """
+    more = len(rows) > request.size
+    page_rows = list(rows[: request.size])
+    if request.backward:
+        page_rows.reverse()
+        has_previous, has_next = more, request.before is not None
+    else:
+        has_next, has_previous = more, request.after is not None
+    return Page(
+        rows=page_rows,
+        cursors=[ordering.encode(row) for row in page_rows],
+        has_next_page=has_next,
+        has_previous_page=has_previous,
+    )
+
+
+async def fetch_page(
+    session: AsyncSession,
+    *,
+    model: type[Row],
+    ordering: Ordering,
+    request: PageRequest,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> Page[Row]:
+    """One page of one list: a single statement."""
+    statement = (
+        sa.select(model)
+        .where(*where, *cursor_conditions(ordering, request))
+        .order_by(*ordering.order_by(reverse=request.backward))
+        .limit(request.size + 1)
+    )
+    rows = (await session.execute(statement)).scalars().all()
+    return build_page(rows, ordering, request)
+
+
+async def fetch_pages_by_parent(
+    session: AsyncSession,
+    *,
+    model: type[Row],
+    parent_column: ColumnElement[Any],
+    parent_ids: Sequence[str],
+    ordering: Ordering,
+    request: PageRequest,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> dict[str, Page[Row]]:
+    """The same page of many parents' lists (a thread's steps for 20 threads) in one statement:
+    rows are numbered per parent by a window function and cut at the page size."""
+    number = (
+        sa.func.row_number()
+        .over(partition_by=parent_column, order_by=ordering.order_by(reverse=request.backward))
+        .label("position")
+    )
+    numbered = (
+        sa.select(model, number)  # type: ignore[call-overload]
+        .where(parent_column.in_(list(parent_ids)), *where, *cursor_conditions(ordering, request))
+        .subquery("numbered")
+    )
+    row_alias = aliased(model, numbered)  # type: ignore[type-var]
+    statement = (
+        sa.select(row_alias)
+        .where(numbered.c.position <= request.size + 1)
+        .order_by(numbered.c[parent_column.key], numbered.c.position)  # type: ignore[attr-defined]
+    )
+    grouped: dict[str, list[Row]] = {parent_id: [] for parent_id in parent_ids}
+    for row in (await session.execute(statement)).scalars().all():
+        grouped[getattr(row, parent_column.key)].append(row)  # type: ignore[attr-defined]
+    return {parent_id: build_page(rows, ordering, request) for parent_id, rows in grouped.items()}
+
+
+async def count_by_parent(
+    session: AsyncSession,
+    *,
+    parent_column: ColumnElement[Any],
+    parent_ids: Sequence[str],
+    where: Sequence[ColumnElement[bool]] = (),
+) -> dict[str, int]:
+    statement = (
+        sa.select(parent_column, sa.func.count())
+        .where(parent_column.in_(list(parent_ids)), *where)
+        .group_by(parent_column)
+    )
+    counts = {parent_id: 0 for parent_id in parent_ids}
+    for parent_id, count in (await session.execute(statement)).all():
+        counts[parent_id] = count
+    return counts
+
+
+async def count_rows(session: AsyncSession, *, model: type[Any], where: Sequence[ColumnElement[bool]] = ()) -> int:
+    statement = sa.select(sa.func.count()).select_from(model).where(*where)
+    return int((await session.execute(statement)).scalar_one())

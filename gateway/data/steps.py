@@ -1,0 +1,228 @@
+"""Steps: a thread's steps page by page (many threads in one statement), partial upserts that are
+safe against concurrent writers, streamed output, and deletion of a step with its descendants."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.data.common import KEEP, Keep, changed, from_row, given, insert, metadata_patch_to_new, update_values
+from gateway.data.pagination import (
+    Ordering,
+    Page,
+    PageRequest,
+    count_by_parent,
+    fetch_page,
+    fetch_pages_by_parent,
+)
+from gateway.data.threads import ensure_thread, touch_thread
+from gateway.errors import BadUserInput, Conflict, NotFound
+from gateway.jsonops import sql_json_contains
+from gateway.tables import Step, elements_table, feedbacks_table, steps_table, threads_table
+
+STEP_ORDER = Ordering("steps:createdAt", (steps_table.c.createdAt, steps_table.c.id))
+FAVORITE_ORDER = Ordering("favorites:createdAt:desc", (steps_table.c.createdAt, steps_table.c.id), True)
+
+
+@dataclass(frozen=True)
+class StepFilter:
+    types: tuple[str, ...] = ()
+    root_only: bool = False
+
+
+@dataclass
+class StepChanges:
+    """What an upsert sets; `KEEP` leaves the stored value alone. `metadata` is a patch."""
+
+    name: str | Keep = KEEP
+    type: str | Keep = KEEP
+    parentId: str | None | Keep = KEEP
+    input: str | None | Keep = KEEP
+    output: str | None | Keep = KEEP
+    isError: bool | None | Keep = KEEP
+    streaming: bool | Keep = KEEP
+    waitForAnswer: bool | None | Keep = KEEP
+    showInput: str | None | Keep = KEEP
+    language: str | None | Keep = KEEP
+    command: str | None | Keep = KEEP
+    modes: Any | Keep = KEEP
+    defaultOpen: bool | None | Keep = KEEP
+    autoCollapse: bool | None | Keep = KEEP
+    tags: list[str] | None | Keep = KEEP
+    metadata: dict[str, Any] | Keep = KEEP
+    generation: dict[str, Any] | None | Keep = KEEP
+    createdAt: str | Keep = KEEP
+    start: str | None | Keep = KEEP
+    end: str | None | Keep = KEEP
+
+
+# A step created by an update that arrived before its create still satisfies Chainlit's NOT NULLs.
+NEW_STEP_DEFAULTS = {"name": "", "type": "undefined", "streaming": False}
+
+
+def _filter_conditions(step_filter: StepFilter) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = []
+    if step_filter.types:
+        conditions.append(steps_table.c.type.in_(step_filter.types))
+    if step_filter.root_only:
+        conditions.append(steps_table.c.parentId.is_(None))
+    return conditions
+
+
+async def get_steps_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, Step]:
+    rows = (await session.execute(sa.select(Step).where(steps_table.c.id.in_(list(ids))))).scalars()
+    return {row.id: row for row in rows}
+
+
+async def list_steps_of_threads(
+    session: AsyncSession, *, thread_ids: Sequence[str], request: PageRequest, step_filter: StepFilter
+) -> dict[str, Page[Step]]:
+    """Each thread's steps, oldest first, one page per thread, in one statement."""
+    return await fetch_pages_by_parent(
+        session,
+        model=Step,
+        parent_column=steps_table.c.threadId,
+        parent_ids=thread_ids,
+        ordering=STEP_ORDER,
+        request=request,
+        where=_filter_conditions(step_filter),
+    )
+
+
+async def count_steps_of_threads(
+    session: AsyncSession, *, thread_ids: Sequence[str], step_filter: StepFilter
+) -> dict[str, int]:
+    return await count_by_parent(
+        session, parent_column=steps_table.c.threadId, parent_ids=thread_ids, where=_filter_conditions(step_filter)
+    )
+
+
+async def list_children_of_steps(
+    session: AsyncSession, *, parent_ids: Sequence[str], request: PageRequest
+) -> dict[str, Page[Step]]:
+    return await fetch_pages_by_parent(
+        session,
+        model=Step,
+        parent_column=steps_table.c.parentId,
+        parent_ids=parent_ids,
+        ordering=STEP_ORDER,
+        request=request,
+    )
+
+
+async def count_children_of_steps(session: AsyncSession, *, parent_ids: Sequence[str]) -> dict[str, int]:
+    return await count_by_parent(session, parent_column=steps_table.c.parentId, parent_ids=parent_ids)
+
+
+def _favorite_conditions(user_id: str | None) -> list[sa.ColumnElement[bool]]:
+    conditions = [sql_json_contains(steps_table.c.metadata, {"favorite": True})]
+    if user_id is not None:
+        owned = sa.select(threads_table.c.id).where(threads_table.c.userId == user_id)
+        conditions.append(steps_table.c.threadId.in_(owned.scalar_subquery()))
+    return conditions
+
+
+async def list_favorite_steps(session: AsyncSession, *, user_id: str | None, request: PageRequest) -> Page[Step]:
+    """Steps whose `metadata.favorite` is true (Chainlit's favorites), newest first."""
+    return await fetch_page(
+        session, model=Step, ordering=FAVORITE_ORDER, request=request, where=_favorite_conditions(user_id)
+    )
+
+
+async def count_favorite_steps(session: AsyncSession, *, user_id: str | None) -> int:
+    statement = sa.select(sa.func.count()).select_from(steps_table).where(*_favorite_conditions(user_id))
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def upsert_step(
+    session: AsyncSession, *, step_id: str, thread_id: str | None, changes: StepChanges, now: str
+) -> Step:
+    """Create the step, or change only the fields given, atomically (`INSERT .. ON CONFLICT`), so an
+    update racing the create of the same step loses nothing. With a `threadId`, a missing thread is
+    created. The thread's `updatedAt` moves only when the step really changed."""
+    fields = given(changes)
+    if fields.get("parentId") == step_id:
+        raise BadUserInput("a step cannot be its own parent", field="parentId")
+    patch = fields.pop("metadata", None)
+    updates = {**fields, **({"metadata": patch} if patch is not None else {})}
+    set_ = update_values(steps_table, updates)
+    returning = [*steps_table.c]
+    if thread_id is None:
+        if not set_:
+            return await _existing_step(session, step_id)
+        statement = (
+            sa.update(steps_table)
+            .where(steps_table.c.id == step_id, changed(steps_table, set_))
+            .values(set_)
+            .returning(*returning)
+        )
+    else:
+        await ensure_thread(session, thread_id=thread_id, now=now)
+        new_row = {**NEW_STEP_DEFAULTS, "createdAt": now, **fields, "id": step_id, "threadId": thread_id}
+        if patch is not None:
+            new_row["metadata"] = metadata_patch_to_new(patch)
+        insert_statement = insert(session, steps_table).values(new_row)
+        # Rows of another thread are never touched; that case is a conflict, told apart below.
+        same_thread = steps_table.c.threadId == thread_id
+        if set_:
+            statement = insert_statement.on_conflict_do_update(
+                index_elements=[steps_table.c.id], set_=set_, where=sa.and_(same_thread, changed(steps_table, set_))
+            ).returning(*returning)
+        else:
+            statement = insert_statement.on_conflict_do_nothing(index_elements=[steps_table.c.id]).returning(
+                *returning
+            )
+    row = (await session.execute(statement)).one_or_none()
+    if row is None:
+        step = await _existing_step(session, step_id)
+        if thread_id is not None and step.threadId != thread_id:
+            raise Conflict(f"step {step_id} belongs to thread {step.threadId}, not {thread_id}", field="threadId")
+        return step
+    step = from_row(Step, row)
+    await touch_thread(session, thread_id=step.threadId, now=now)
+    return step  # type: ignore[no-any-return]
+
+
+async def _existing_step(session: AsyncSession, step_id: str) -> Step:
+    step = await session.get(Step, step_id)
+    if step is None:
+        raise NotFound(f"step {step_id} does not exist; give its threadId to create it", field="id")
+    return step
+
+
+async def append_step_output(session: AsyncSession, *, step_id: str, delta: str, now: str) -> Step:
+    """Append streamed tokens in the database itself, so concurrent appends all land."""
+    statement = (
+        sa.update(steps_table)
+        .where(steps_table.c.id == step_id)
+        .values(output=sa.func.coalesce(steps_table.c.output, "") + delta)
+        .returning(*steps_table.c)
+    )
+    row = (await session.execute(statement)).one_or_none()
+    if row is None:
+        raise NotFound(f"step {step_id} does not exist", field="id")
+    step: Step = from_row(Step, row)
+    await touch_thread(session, thread_id=step.threadId, now=now)
+    return step
+
+
+async def delete_step(session: AsyncSession, *, step_id: str, now: str) -> list[str]:
+    """Delete the step, its descendants, and their feedback and elements; returns object keys."""
+    step = await _existing_step(session, step_id)
+    tree = sa.select(steps_table.c.id).where(steps_table.c.id == step_id).cte("subtree", recursive=True)
+    children = sa.select(steps_table.c.id).where(
+        steps_table.c.parentId == tree.c.id, steps_table.c.threadId == step.threadId
+    )
+    tree = tree.union(children)
+    in_tree = sa.select(tree.c.id)
+    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.forId.in_(in_tree)))
+    object_keys = (
+        await session.execute(
+            sa.delete(elements_table).where(elements_table.c.forId.in_(in_tree)).returning(elements_table.c.objectKey)
+        )
+    ).scalars().all()
+    await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
+    await touch_thread(session, thread_id=step.threadId, now=now)
+    return [key for key in object_keys if key]

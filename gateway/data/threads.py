@@ -1,0 +1,187 @@
+"""Threads: the filtered, keyset-paginated thread list, partial upserts, and deletion with all
+that hangs off a thread."""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.data.common import KEEP, Keep, changed, from_row, given, insert, metadata_patch_to_new, update_values
+from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
+from gateway.errors import NotFound
+from gateway.jsonops import sql_icontains, sql_json_contains, sql_tags_contain_all
+from gateway.tables import (
+    Thread,
+    elements_table,
+    feedbacks_table,
+    steps_table,
+    threads_table,
+    users_table,
+)
+
+THREAD_ORDERINGS = {
+    ("updatedAt", True): Ordering("threads:updatedAt:desc", (threads_table.c.updatedAt, threads_table.c.id), True),
+    ("updatedAt", False): Ordering("threads:updatedAt:asc", (threads_table.c.updatedAt, threads_table.c.id)),
+    ("createdAt", True): Ordering("threads:createdAt:desc", (threads_table.c.createdAt, threads_table.c.id), True),
+    ("createdAt", False): Ordering("threads:createdAt:asc", (threads_table.c.createdAt, threads_table.c.id)),
+}
+
+
+@dataclass(frozen=True)
+class ThreadFilter:
+    user_id: str | None = None
+    user_identifier: str | None = None
+    search: str | None = None
+    feedback: int | None = None
+    tags: tuple[str, ...] = ()
+    created_after: str | None = None
+    created_before: str | None = None
+    metadata: str | None = None  # JSON text of an object, so the filter stays hashable
+
+
+@dataclass
+class ThreadChanges:
+    """What an upsert sets; `KEEP` leaves the stored value alone. `metadata` is a patch."""
+
+    name: str | None | Keep = KEEP
+    userId: str | None | Keep = KEEP
+    tags: list[str] | None | Keep = KEEP
+    metadata: dict[str, Any] | Keep = KEEP
+    createdAt: str | Keep = KEEP
+
+
+def filter_conditions(thread_filter: ThreadFilter) -> list[sa.ColumnElement[bool]]:
+    threads, steps, feedbacks = threads_table.c, steps_table.c, feedbacks_table.c
+    conditions: list[sa.ColumnElement[bool]] = []
+    if thread_filter.user_id is not None:
+        conditions.append(threads.userId == thread_filter.user_id)
+    if thread_filter.user_identifier is not None:
+        owner = sa.select(users_table.c.id).where(users_table.c.identifier == thread_filter.user_identifier)
+        conditions.append(threads.userId.in_(owner.scalar_subquery()))
+    if thread_filter.search:
+        step_matches = sa.select(sa.literal(1)).where(
+            steps.threadId == threads.id,
+            sa.or_(sql_icontains(steps.input, thread_filter.search), sql_icontains(steps.output, thread_filter.search)),
+        )
+        conditions.append(sa.or_(sql_icontains(threads.name, thread_filter.search), step_matches.exists()))
+    if thread_filter.feedback is not None:
+        rated = sa.select(sa.literal(1)).where(
+            feedbacks.threadId == threads.id, feedbacks.value == thread_filter.feedback
+        )
+        conditions.append(rated.exists())
+    if thread_filter.tags:
+        conditions.append(sql_tags_contain_all(threads.tags, list(thread_filter.tags)))
+    if thread_filter.created_after is not None:
+        conditions.append(threads.createdAt > thread_filter.created_after)
+    if thread_filter.created_before is not None:
+        conditions.append(threads.createdAt < thread_filter.created_before)
+    if thread_filter.metadata is not None:
+        conditions.append(sql_json_contains(threads.metadata, json.loads(thread_filter.metadata)))
+    return conditions
+
+
+async def get_threads_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, Thread]:
+    rows = (await session.execute(sa.select(Thread).where(threads_table.c.id.in_(list(ids))))).scalars()
+    return {row.id: row for row in rows}
+
+
+async def list_threads(
+    session: AsyncSession,
+    *,
+    thread_filter: ThreadFilter,
+    request: PageRequest,
+    order_field: str = "updatedAt",
+    descending: bool = True,
+) -> Page[Thread]:
+    """Newest activity first by default; one statement whatever the filters."""
+    return await fetch_page(
+        session,
+        model=Thread,
+        ordering=THREAD_ORDERINGS[(order_field, descending)],
+        request=request,
+        where=filter_conditions(thread_filter),
+    )
+
+
+async def count_threads(session: AsyncSession, *, thread_filter: ThreadFilter) -> int:
+    return await count_rows(session, model=Thread, where=filter_conditions(thread_filter))
+
+
+async def _owner_identifier(session: AsyncSession, user_id: str) -> str:
+    identifier = (
+        await session.execute(sa.select(users_table.c.identifier).where(users_table.c.id == user_id))
+    ).scalar_one_or_none()
+    if identifier is None:
+        raise NotFound(f"user {user_id} does not exist", field="userId")
+    return identifier
+
+
+async def upsert_thread(session: AsyncSession, *, thread_id: str, changes: ThreadChanges, now: str) -> Thread:
+    """Create the thread, or change only the fields given, in one statement.
+
+    `updatedAt` moves only when a value really changes, so a retried request changes nothing.
+    """
+    fields = given(changes)
+    if "userId" in fields:
+        fields["userIdentifier"] = None if fields["userId"] is None else await _owner_identifier(session, fields["userId"])
+    patch = fields.pop("metadata", None)
+    new_row = {"id": thread_id, "createdAt": now, "updatedAt": now, **fields}
+    if patch is not None:
+        new_row["metadata"] = metadata_patch_to_new(patch)
+    set_ = update_values(threads_table, {**fields, **({"metadata": patch} if patch is not None else {})})
+    statement = insert(session, threads_table).values(new_row)
+    if set_:
+        statement = statement.on_conflict_do_update(
+            index_elements=[threads_table.c.id],
+            set_={**set_, "updatedAt": now},
+            where=changed(threads_table, set_),
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=[threads_table.c.id])
+    row = (await session.execute(statement.returning(*threads_table.c))).one_or_none()
+    if row is not None:
+        return from_row(Thread, row)  # type: ignore[no-any-return]
+    unchanged = await session.get(Thread, thread_id)
+    if unchanged is None:  # pragma: no cover - the row exists, or the insert returned it
+        raise NotFound(f"thread {thread_id} does not exist")
+    return unchanged
+
+
+async def ensure_thread(session: AsyncSession, *, thread_id: str, now: str) -> None:
+    """Create an empty thread when a step arrives before its thread (Chainlit queues them so)."""
+    statement = insert(session, threads_table).values(id=thread_id, createdAt=now, updatedAt=now)
+    await session.execute(statement.on_conflict_do_nothing(index_elements=[threads_table.c.id]))
+
+
+async def touch_thread(session: AsyncSession, *, thread_id: str, now: str) -> None:
+    """Move the thread's last activity to now (never backwards)."""
+    await session.execute(
+        sa.update(threads_table)
+        .where(threads_table.c.id == thread_id, threads_table.c.updatedAt < now)
+        .values(updatedAt=now)
+    )
+
+
+async def delete_thread(session: AsyncSession, *, thread_id: str) -> list[str]:
+    """Delete the thread with its steps, elements and feedback; returns the stored objects' keys.
+
+    Children are deleted explicitly: databases Chainlit created from older DDL have no foreign keys.
+    """
+    exists = (await session.execute(sa.select(threads_table.c.id).where(threads_table.c.id == thread_id))).first()
+    if exists is None:
+        raise NotFound(f"thread {thread_id} does not exist")
+    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.threadId == thread_id))
+    object_keys = (
+        await session.execute(
+            sa.delete(elements_table)
+            .where(elements_table.c.threadId == thread_id)
+            .returning(elements_table.c.objectKey)
+        )
+    ).scalars().all()
+    await session.execute(sa.delete(steps_table).where(steps_table.c.threadId == thread_id))
+    await session.execute(sa.delete(threads_table).where(threads_table.c.id == thread_id))
+    return [key for key in object_keys if key]
+

@@ -1,0 +1,73 @@
+"""Users: looked up by id or identifier, listed by identifier, upserted by identifier."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.data.common import from_row, insert, metadata_patch_to_new
+from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
+from gateway.errors import Conflict
+from gateway.ids import new_id
+from gateway.jsonops import sql_icontains, sql_json_merge
+from gateway.tables import User, users_table
+from gateway.timestamps import utc_now
+
+USER_ORDER = Ordering("users:identifier", (users_table.c.identifier, users_table.c.id))
+
+
+async def get_users_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, User]:
+    rows = (await session.execute(sa.select(User).where(users_table.c.id.in_(list(ids))))).scalars()
+    return {row.id: row for row in rows}
+
+
+async def get_users_by_identifiers(session: AsyncSession, *, identifiers: Sequence[str]) -> dict[str, User]:
+    statement = sa.select(User).where(users_table.c.identifier.in_(list(identifiers)))
+    return {row.identifier: row for row in (await session.execute(statement)).scalars()}
+
+
+def _search(search: str | None) -> list[sa.ColumnElement[bool]]:
+    return [sql_icontains(users_table.c.identifier, search)] if search else []
+
+
+async def list_users(session: AsyncSession, *, request: PageRequest, search: str | None = None) -> Page[User]:
+    return await fetch_page(session, model=User, ordering=USER_ORDER, request=request, where=_search(search))
+
+
+async def count_users(session: AsyncSession, *, search: str | None = None) -> int:
+    return await count_rows(session, model=User, where=_search(search))
+
+
+async def upsert_user(
+    session: AsyncSession, *, identifier: str, user_id: str | None = None, metadata: dict[str, Any] | None = None
+) -> User:
+    """Create the user, or update it: metadata merges key by key, a null value deletes a key.
+
+    Without an id the identifier is the key (what Chainlit looks users up by), so concurrent first
+    logins of one user make one row. With the id of an existing user, its identifier may change.
+    """
+    patch = metadata or {}
+    set_: dict[str, Any] = {"identifier": sa.literal(identifier)}
+    if patch:
+        set_["metadata"] = sql_json_merge(users_table.c.metadata, patch)
+    if user_id is not None:
+        renamed = (
+            await session.execute(
+                sa.update(users_table).where(users_table.c.id == user_id).values(set_).returning(*users_table.c)
+            )
+        ).one_or_none()
+        if renamed is not None:
+            return from_row(User, renamed)  # type: ignore[no-any-return]
+    values = {
+        "id": user_id or new_id(),
+        "identifier": identifier,
+        "metadata": metadata_patch_to_new(patch),
+        "createdAt": utc_now(),
+    }
+    statement = insert(session, users_table).values(values)
+    statement = statement.on_conflict_do_update(index_elements=[users_table.c.identifier], set_=set_)
+    row = (await session.execute(statement.returning(*users_table.c))).one()
+    if user_id is not None and row.id != user_id:
+        raise Conflict(f"identifier {identifier!r} belongs to another user than {user_id}", field="identifier")
+    return from_row(User, row)  # type: ignore[no-any-return]

@@ -1,0 +1,47 @@
+"""The per-request context: the database, the request's loaders and its id."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import strawberry
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.database import Database
+from gateway.errors import Conflict
+from resolvers.loaders import Loaders
+
+
+@dataclass
+class GatewayContext:
+    db: Database
+    request_id: str
+    request: Any = None
+    response: Any = None
+    loaders: Loaders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loaders = Loaders(self.db)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """One transaction for one mutation: all of it is written, or nothing.
+
+        Afterwards the request's loaders start afresh, so later fields read what was written.
+        """
+        try:
+            async with self.db.transaction() as session:
+                yield session
+        except IntegrityError as error:
+            raise Conflict("the write conflicts with existing data (a unique key or reference)") from error
+        except DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) == "40001":  # serialization failure
+                raise Conflict("a concurrent write to the same rows won; retry the request") from error
+            raise
+        finally:
+            self.loaders = Loaders(self.db)
+
+
+Info = strawberry.Info[GatewayContext, None]

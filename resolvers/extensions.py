@@ -1,0 +1,115 @@
+"""Schema extensions: every error carries `extensions.code`; unexpected ones are masked and logged
+with the request id; strings holding NUL bytes are refused before anything runs."""
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql import GraphQLError, StringValueNode, visit
+from graphql.language import Visitor
+from strawberry.extensions import SchemaExtension
+
+from gateway.errors import BadUserInput, GatewayError
+
+logger = logging.getLogger("gateway.errors")
+
+
+class _StringLiterals(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.has_nul = False
+
+    def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
+        if "\x00" in node.value:
+            self.has_nul = True
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+class RejectNulBytes(SchemaExtension):
+    """PostgreSQL cannot store NUL in text or JSON; SQLite would store it. Refuse it everywhere,
+    in literals and variables alike, so both databases answer the same."""
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        literals = _StringLiterals()
+        if context.graphql_document is not None:
+            visit(context.graphql_document, literals)
+        if literals.has_nul or _has_nul(context.variables or {}):
+            error = BadUserInput("strings must not contain NUL (\\u0000) characters")
+            context.result = GraphQLExecutionResult(
+                data=None, errors=[GraphQLError(error.message, original_error=error)]
+            )
+        yield
+
+
+class ErrorCodes(SchemaExtension):
+    """Give every error an `extensions.code` (the GraphQL contract's codes); replace unexpected
+    ones by `INTERNAL_SERVER_ERROR` with the request id, logging the trace under that id."""
+
+    def __init__(self) -> None:
+        self._validation_errors: set[int] = set()
+
+    def on_validate(self) -> Iterator[None]:
+        yield
+        self._validation_errors = {id(error) for error in self.execution_context.pre_execution_errors or []}
+
+    def on_operation(self) -> Iterator[None]:
+        self._validation_errors = set()
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = [self._shape(error) for error in errors]  # type: ignore[union-attr]
+
+    def _request_id(self) -> str:
+        context = self.execution_context.context
+        return str(getattr(context, "request_id", "-"))
+
+    def _shape(self, error: GraphQLError) -> GraphQLError:
+        original = error.original_error
+        if isinstance(original, GatewayError):
+            return _with_code(error, original.message, original.code, original.extensions)
+        if original is None or error.path is None:
+            # Requests the server could not run: syntax, validation, variables that do not fit.
+            if self.execution_context.graphql_document is None:
+                code = "GRAPHQL_PARSE_FAILED"
+            elif id(error) in self._validation_errors:
+                code = "GRAPHQL_VALIDATION_FAILED"
+            else:
+                code = "BAD_USER_INPUT"
+            return _with_code(error, error.message, (error.extensions or {}).get("code", code), {})
+        request_id = self._request_id()
+        logger.error(
+            "unexpected error in %s (request %s)",
+            ".".join(str(part) for part in error.path),
+            request_id,
+            exc_info=(type(original), original, original.__traceback__),
+        )
+        return _with_code(
+            error,
+            f"Internal server error. Quote request id {request_id} when reporting it.",
+            "INTERNAL_SERVER_ERROR",
+            {"requestId": request_id},
+        )
+
+
+def _with_code(error: GraphQLError, message: str, code: str, extensions: dict[str, Any]) -> GraphQLError:
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={**(error.extensions or {}), **extensions, "code": code},
+    )

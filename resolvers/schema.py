@@ -1,0 +1,41 @@
+"""The GraphQL schema: queries and mutations of every domain, merged; `schema.graphql` is its SDL."""
+
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
+
+from resolvers.elements.queries import ElementQueries
+from resolvers.extensions import ErrorCodes, RejectNulBytes
+from resolvers.feedback.mutations import FeedbackMutations
+from resolvers.scalars import SCALARS
+from resolvers.steps.mutations import StepMutations
+from resolvers.steps.queries import StepQueries
+from resolvers.threads.mutations import ThreadMutations
+from resolvers.threads.queries import ThreadQueries
+from resolvers.users.mutations import UserMutations
+from resolvers.users.queries import UserQueries
+
+Query = merge_types("Query", (UserQueries, ThreadQueries, StepQueries, ElementQueries))
+Mutation = merge_types("Mutation", (UserMutations, ThreadMutations, StepMutations, FeedbackMutations))
+
+
+class GatewaySchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        """Client errors are answers, not incidents; `ErrorCodes` logs the unexpected ones."""
+
+
+def build_schema(**kwargs: Any) -> strawberry.Schema:
+    return GatewaySchema(
+        query=Query,
+        mutation=Mutation,
+        extensions=[ErrorCodes, RejectNulBytes],
+        config=StrawberryConfig(scalar_map=SCALARS),
+        **kwargs,
+    )
+
+
+schema = build_schema()

@@ -1,0 +1,70 @@
+import strawberry
+
+from gateway.data import threads
+from gateway.data.common import KEEP
+from gateway.data.threads import ThreadChanges
+from gateway.errors import BadUserInput, NotFound
+from gateway.timestamps import utc_now
+from resolvers.context import Info
+from resolvers.ids import parse_id
+from resolvers.scalars import DateTime, JSONObject
+from resolvers.types import DeletePayload, Thread
+
+
+@strawberry.input(description="A thread to create, or the fields of one to change (others stay as they are).")
+class ThreadInput:
+    id: strawberry.ID
+    name: str | None = strawberry.UNSET
+    user_id: strawberry.ID | None = strawberry.field(default=strawberry.UNSET, description="The owner.")
+    user_identifier: str | None = strawberry.field(
+        default=strawberry.UNSET, description="The owner, by identifier (instead of userId)."
+    )
+    tags: list[str] | None = strawberry.UNSET
+    metadata: JSONObject | None = strawberry.field(
+        default=strawberry.UNSET, description="Merged key by key into the stored metadata; a null value deletes the key."
+    )
+    created_at: DateTime | None = strawberry.field(default=strawberry.UNSET, description="Defaults to now on create.")
+
+
+async def _owner_id(info: Info, thread_input: ThreadInput) -> str | None | object:
+    user_id = thread_input.user_id
+    identifier = thread_input.user_identifier
+    if identifier is strawberry.UNSET or identifier is None:
+        return KEEP if user_id is strawberry.UNSET else (None if user_id is None else parse_id(user_id, "input.userId"))
+    user = await info.context.loaders.user_by_identifier.load(identifier)
+    if user is None:
+        raise NotFound(f"no user has the identifier {identifier!r}", field="userIdentifier")
+    if user_id not in (strawberry.UNSET, None) and parse_id(str(user_id), "input.userId") != user.id:
+        raise BadUserInput("`userId` and `userIdentifier` name different users", field="userIdentifier")
+    return user.id
+
+
+@strawberry.type
+class ThreadMutations:
+    @strawberry.mutation(
+        description="Create a thread, or change only the fields given. Retrying changes nothing "
+        "(not even updatedAt)."
+    )
+    async def upsert_thread(self, info: Info, input: ThreadInput) -> Thread:
+        thread_id = parse_id(input.id, "input.id")
+        if input.metadata is None:
+            raise BadUserInput("`metadata` cannot be null; to delete a key, set it to null", field="metadata")
+        if input.created_at is None:
+            raise BadUserInput("`createdAt` cannot be null", field="createdAt")
+        changes = ThreadChanges(
+            name=KEEP if input.name is strawberry.UNSET else input.name,
+            userId=await _owner_id(info, input),  # type: ignore[arg-type]
+            tags=KEEP if input.tags is strawberry.UNSET else input.tags,
+            metadata=KEEP if input.metadata is strawberry.UNSET else input.metadata,
+            createdAt=KEEP if input.created_at is strawberry.UNSET else input.created_at,
+        )
+        async with info.context.write() as session:
+            row = await threads.upsert_thread(session, thread_id=thread_id, changes=changes, now=utc_now())
+        return Thread.from_row(row)
+
+    @strawberry.mutation(description="Delete a thread with its steps, elements and feedback.")
+    async def delete_thread(self, info: Info, id: strawberry.ID) -> DeletePayload:
+        thread_id = parse_id(id, "id")
+        async with info.context.write() as session:
+            await threads.delete_thread(session, thread_id=thread_id)
+        return DeletePayload(id=strawberry.ID(thread_id))

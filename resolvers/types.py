@@ -1,0 +1,271 @@
+"""The object types of the graph. They reference each other (a thread's steps, a step's thread),
+so they live together; each nested field resolves through the request's batched loaders."""
+
+from typing import Annotated
+
+import strawberry
+
+from gateway import tables
+from gateway.data.steps import StepFilter
+from resolvers.connection import Connection, connection_from_page, page_request
+from resolvers.context import Info
+from resolvers.scalars import DateTime, JSONObject
+
+PageSize = Annotated[int | None, strawberry.argument(description="Page size from the start (default 20, at most 100).")]
+PageSizeFromEnd = Annotated[int | None, strawberry.argument(description="Page size from the end (at most 100).")]
+After = Annotated[str | None, strawberry.argument(description="Rows after this cursor.")]
+Before = Annotated[str | None, strawberry.argument(description="Rows before this cursor.")]
+
+
+@strawberry.type(description="Someone who talks to the assistant, known by an identifier (e.g. an email).")
+class User:
+    id: strawberry.ID
+    identifier: str
+    metadata: JSONObject
+    created_at: DateTime | None
+
+    @classmethod
+    def from_row(cls, row: tables.User) -> "User":
+        return cls(
+            id=strawberry.ID(row.id),
+            identifier=row.identifier,
+            metadata=JSONObject(row.metadata_ or {}),
+            created_at=DateTime(row.createdAt) if row.createdAt else None,
+        )
+
+
+@strawberry.input(description="Which of a thread's steps to list.")
+class StepFilterInput:
+    types: list[str] | None = strawberry.field(default=None, description="Only steps of these types.")
+    root_only: bool = strawberry.field(default=False, description="Only top-level steps (no parentId).")
+
+    def to_filter(self) -> StepFilter:
+        return StepFilter(types=tuple(self.types or ()), root_only=self.root_only)
+
+
+@strawberry.type(description="A conversation: its steps, attachments and feedback.")
+class Thread:
+    id: strawberry.ID
+    name: str | None
+    created_at: DateTime | None
+    updated_at: DateTime | None = strawberry.field(
+        description="Last write to the thread or its steps (never moved by reads); the list's order."
+    )
+    user_id: strawberry.ID | None
+    user_identifier: str | None
+    tags: list[str]
+    metadata: JSONObject
+
+    @classmethod
+    def from_row(cls, row: tables.Thread) -> "Thread":
+        return cls(
+            id=strawberry.ID(row.id),
+            name=row.name,
+            created_at=DateTime(row.createdAt) if row.createdAt else None,
+            updated_at=DateTime(row.updatedAt) if row.updatedAt else None,
+            user_id=strawberry.ID(row.userId) if row.userId else None,
+            user_identifier=row.userIdentifier,
+            tags=list(row.tags or []),
+            metadata=JSONObject(row.metadata_ or {}),
+        )
+
+    @strawberry.field(description="The thread's owner.")
+    async def user(self, info: Info) -> User | None:
+        if self.user_id is None:
+            return None
+        row = await info.context.loaders.user_by_id.load(self.user_id)
+        return User.from_row(row) if row else None
+
+    @strawberry.field(description="The thread's steps, oldest first: `last: 10` is the latest ten.")
+    async def steps(
+        self,
+        info: Info,
+        first: PageSize = None,
+        after: After = None,
+        last: PageSizeFromEnd = None,
+        before: Before = None,
+        filter_: Annotated[StepFilterInput | None, strawberry.argument(name="filter")] = None,
+    ) -> Connection["Step"]:
+        request = page_request(first, after, last, before)
+        step_filter = filter_.to_filter() if filter_ else StepFilter()
+        loaders = info.context.loaders
+        page = await loaders.steps_of_thread.load((self.id, (request, step_filter)))
+        return connection_from_page(
+            page, Step.from_row, lambda: loaders.step_count_of_thread.load((self.id, step_filter))
+        )
+
+    @strawberry.field(description="The thread's elements (attachments), oldest first.")
+    async def elements(
+        self, info: Info, first: PageSize = None, after: After = None, last: PageSizeFromEnd = None,
+        before: Before = None,
+    ) -> Connection["Element"]:
+        loaders = info.context.loaders
+        page = await loaders.elements_of_thread.load((self.id, page_request(first, after, last, before)))
+        return connection_from_page(
+            page, Element.from_row, lambda: loaders.element_count_of_thread.load((self.id, None))
+        )
+
+    @strawberry.field(description="Feedback given on the thread's steps.")
+    async def feedbacks(
+        self, info: Info, first: PageSize = None, after: After = None, last: PageSizeFromEnd = None,
+        before: Before = None,
+    ) -> Connection["Feedback"]:
+        loaders = info.context.loaders
+        page = await loaders.feedbacks_of_thread.load((self.id, page_request(first, after, last, before)))
+        return connection_from_page(
+            page, Feedback.from_row, lambda: loaders.feedback_count_of_thread.load((self.id, None))
+        )
+
+
+@strawberry.type(description="One event of a thread: a message, a tool call, an LLM run. Steps nest by parentId.")
+class Step:
+    id: strawberry.ID
+    thread_id: strawberry.ID
+    parent_id: strawberry.ID | None
+    name: str
+    type: str = strawberry.field(description="e.g. user_message, assistant_message, tool, llm, run.")
+    input: str | None
+    output: str | None
+    is_error: bool | None
+    streaming: bool
+    wait_for_answer: bool | None
+    show_input: str | None = strawberry.field(description="Chainlit's showInput: 'true', 'false' or a language.")
+    language: str | None
+    command: str | None
+    modes: strawberry.scalars.JSON | None
+    default_open: bool | None
+    auto_collapse: bool | None
+    tags: list[str]
+    metadata: JSONObject
+    generation: JSONObject | None
+    created_at: DateTime | None
+    start: DateTime | None
+    end: DateTime | None
+
+    @classmethod
+    def from_row(cls, row: tables.Step) -> "Step":
+        return cls(
+            id=strawberry.ID(row.id),
+            thread_id=strawberry.ID(row.threadId),
+            parent_id=strawberry.ID(row.parentId) if row.parentId else None,
+            name=row.name,
+            type=row.type,
+            input=row.input,
+            output=row.output,
+            is_error=row.isError,
+            streaming=row.streaming,
+            wait_for_answer=row.waitForAnswer,
+            show_input=row.showInput,
+            language=row.language,
+            command=row.command,
+            modes=row.modes,
+            default_open=row.defaultOpen,
+            auto_collapse=row.autoCollapse,
+            tags=list(row.tags or []),
+            metadata=JSONObject(row.metadata_ or {}),
+            generation=JSONObject(row.generation) if isinstance(row.generation, dict) else None,
+            created_at=DateTime(row.createdAt) if row.createdAt else None,
+            start=DateTime(row.start) if row.start else None,
+            end=DateTime(row.end) if row.end else None,
+        )
+
+    @strawberry.field
+    async def thread(self, info: Info) -> Thread | None:
+        row = await info.context.loaders.thread_by_id.load(self.thread_id)
+        return Thread.from_row(row) if row else None
+
+    @strawberry.field(description="The step this one is nested in.")
+    async def parent(self, info: Info) -> "Step | None":
+        if self.parent_id is None:
+            return None
+        row = await info.context.loaders.step_by_id.load(self.parent_id)
+        return Step.from_row(row) if row else None
+
+    @strawberry.field(description="Steps nested in this one, oldest first.")
+    async def children(
+        self, info: Info, first: PageSize = None, after: After = None, last: PageSizeFromEnd = None,
+        before: Before = None,
+    ) -> Connection["Step"]:
+        loaders = info.context.loaders
+        page = await loaders.children_of_step.load((self.id, page_request(first, after, last, before)))
+        return connection_from_page(page, Step.from_row, lambda: loaders.child_count_of_step.load((self.id, None)))
+
+    @strawberry.field(description="The feedback on this step, if any (one per step).")
+    async def feedback(self, info: Info) -> "Feedback | None":
+        row = await info.context.loaders.feedback_of_step.load(self.id)
+        return Feedback.from_row(row) if row else None
+
+    @strawberry.field(description="Elements attached to this step.")
+    async def elements(self, info: Info) -> list["Element"]:
+        rows = await info.context.loaders.elements_of_step.load(self.id)
+        return [Element.from_row(row) for row in rows or []]
+
+
+@strawberry.type(description="An attachment (file, image, audio, PDF...) of a thread or a step.")
+class Element:
+    id: strawberry.ID
+    thread_id: strawberry.ID | None
+    for_id: strawberry.ID | None = strawberry.field(description="The step it is attached to.")
+    type: str | None
+    name: str
+    mime: str | None
+    size: str | None = strawberry.field(description="Chainlit's display size: small, medium or large.")
+    display: str | None
+    language: str | None
+    page: int | None
+    props: JSONObject | None
+    object_key: str | None
+    chainlit_key: str | None
+    url: str | None = strawberry.field(description="Where to read the element's bytes.")
+    size_bytes: int | None
+    created_at: DateTime | None
+
+    @classmethod
+    def from_row(cls, row: tables.Element) -> "Element":
+        return cls(
+            id=strawberry.ID(row.id),
+            thread_id=strawberry.ID(row.threadId) if row.threadId else None,
+            for_id=strawberry.ID(row.forId) if row.forId else None,
+            type=row.type,
+            name=row.name,
+            mime=row.mime,
+            size=row.size,
+            display=row.display,
+            language=row.language,
+            page=row.page,
+            props=JSONObject(row.props) if isinstance(row.props, dict) else None,
+            object_key=row.objectKey,
+            chainlit_key=row.chainlitKey,
+            url=row.url,
+            size_bytes=row.sizeBytes,
+            created_at=DateTime(row.createdAt) if row.createdAt else None,
+        )
+
+
+@strawberry.type(description="A rating of a step: 1 thumbs up, 0 thumbs down, with an optional comment.")
+class Feedback:
+    id: strawberry.ID
+    for_id: strawberry.ID = strawberry.field(description="The step rated.")
+    thread_id: strawberry.ID
+    value: int
+    comment: str | None
+
+    @classmethod
+    def from_row(cls, row: tables.Feedback) -> "Feedback":
+        return cls(
+            id=strawberry.ID(row.id),
+            for_id=strawberry.ID(row.forId),
+            thread_id=strawberry.ID(row.threadId),
+            value=row.value,
+            comment=row.comment,
+        )
+
+    @strawberry.field(description="The step rated.")
+    async def step(self, info: Info) -> Step | None:
+        row = await info.context.loaders.step_by_id.load(self.for_id)
+        return Step.from_row(row) if row else None
+
+
+@strawberry.type(description="What a delete removed.")
+class DeletePayload:
+    id: strawberry.ID

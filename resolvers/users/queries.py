@@ -1,0 +1,51 @@
+from typing import Annotated
+
+import strawberry
+
+from gateway.data import users
+from gateway.errors import BadUserInput
+from resolvers.connection import Connection, connection_from_page, page_request
+from resolvers.context import Info
+from resolvers.ids import parse_id
+from resolvers.types import After, Before, PageSize, PageSizeFromEnd, User
+
+
+@strawberry.type
+class UserQueries:
+    @strawberry.field(description="The caller, from its credentials (null without authentication).")
+    async def viewer(self, info: Info) -> User | None:
+        return None
+
+    @strawberry.field(description="A user by id or by identifier (give one).")
+    async def user(self, info: Info, id: strawberry.ID | None = None, identifier: str | None = None) -> User | None:
+        if (id is None) == (identifier is None):
+            raise BadUserInput("give exactly one of `id` and `identifier`", argument="id")
+        loaders = info.context.loaders
+        if id is not None:
+            row = await loaders.user_by_id.load(parse_id(id, "id"))
+        else:
+            row = await loaders.user_by_identifier.load(identifier or "")
+        return User.from_row(row) if row else None
+
+    @strawberry.field(description="Users ordered by identifier.")
+    async def users(
+        self,
+        info: Info,
+        first: PageSize = None,
+        after: After = None,
+        last: PageSizeFromEnd = None,
+        before: Before = None,
+        search: Annotated[
+            str | None, strawberry.argument(description="Part of the identifier, any case.")
+        ] = None,
+    ) -> Connection[User]:
+        request = page_request(first, after, last, before)
+        db = info.context.db
+        async with db.session() as session:
+            page = await users.list_users(session, request=request, search=search)
+
+        async def count() -> int:
+            async with db.session() as session:
+                return await users.count_users(session, search=search)
+
+        return connection_from_page(page, User.from_row, count)
