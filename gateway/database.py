@@ -65,7 +65,7 @@ def _dump_json(value: Any) -> str:
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     functions: dict[str, tuple[int, Callable[..., Any]]] = {
-        "gateway_icontains": (2, jsonops.icontains),
+        "gateway_icontains": (2, jsonops.sqlite_icontains),
         "gateway_json_contains": (2, jsonops.sqlite_json_contains),
         "gateway_json_merge": (2, jsonops.sqlite_json_merge),
         "gateway_tags_contain_all": (2, jsonops.sqlite_tags_contain_all),

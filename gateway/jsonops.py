@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
@@ -72,89 +71,120 @@ def sqlite_tags_contain_all(tags_text: str | None, required_text: str) -> bool:
 
 
 # ---- SQL expressions -----------------------------------------------------------------------------
+# Every construct takes (column, one bound parameter) and both dialects render both, because
+# compiled statements are cached by structure and reused with new parameter values: a value must
+# never be read at compile time, and every bound parameter must appear in the SQL.
 
 
-class _Contains(FunctionElement[bool]):
+class _GatewayFunction(FunctionElement[Any]):
     inherit_cache = True
-    type = sa.Boolean()
 
 
-class ICONTAINS(_Contains):
+class ICONTAINS(_GatewayFunction):
+    """(column, LIKE pattern `%term%`, backslash-escaped)."""
+
     name = "gateway_icontains"
+    type = sa.Boolean()
+    inherit_cache = True
 
 
-class JSON_CONTAINS(_Contains):
+class JSON_CONTAINS(_GatewayFunction):
+    """(column, pattern as JSON text)."""
+
     name = "gateway_json_contains"
+    type = sa.Boolean()
+    inherit_cache = True
 
 
-class TAGS_CONTAIN_ALL(_Contains):
+class TAGS_CONTAIN_ALL(_GatewayFunction):
+    """(column, required tags as a JSON array text)."""
+
     name = "gateway_tags_contain_all"
+    type = sa.Boolean()
+    inherit_cache = True
 
 
-class JSON_MERGE(FunctionElement[Any]):
+class JSON_MERGE(_GatewayFunction):
+    """(column, patch as JSON text): keys set, null values delete."""
+
     name = "gateway_json_merge"
     inherit_cache = True
 
 
-def _escape_like(term: str) -> str:
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def like_pattern(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def term_of_like_pattern(pattern: str) -> str:
+    inner, term, escaped = pattern[1:-1], [], False
+    for character in inner:
+        if escaped or character != "\\":
+            term.append(character)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(term)
+
+
+def sqlite_icontains(haystack: str | None, pattern: str | None) -> bool:
+    return pattern is not None and icontains(haystack, term_of_like_pattern(pattern))
+
+
+def _text(value: str) -> Any:
+    return sa.bindparam(None, value, sa.Text())
 
 
 def sql_icontains(column: ColumnElement[Any], term: str) -> ColumnElement[bool]:
-    return ICONTAINS(column, sa.literal(term, sa.Text()))  # type: ignore[return-value]
+    return ICONTAINS(column, _text(like_pattern(term)))  # type: ignore[return-value]
 
 
 def sql_json_contains(column: ColumnElement[Any], pattern: dict[str, Any]) -> ColumnElement[bool]:
-    return JSON_CONTAINS(column, sa.literal(json.dumps(pattern), sa.Text()))  # type: ignore[return-value]
+    return JSON_CONTAINS(column, _text(json.dumps(pattern)))  # type: ignore[return-value]
 
 
 def sql_tags_contain_all(column: ColumnElement[Any], tags: list[str]) -> ColumnElement[bool]:
-    return TAGS_CONTAIN_ALL(column, sa.literal(json.dumps(tags), sa.Text()))  # type: ignore[return-value]
+    return TAGS_CONTAIN_ALL(column, _text(json.dumps(tags)))  # type: ignore[return-value]
 
 
 def sql_json_merge(column: ColumnElement[Any], patch: dict[str, Any]) -> ColumnElement[Any]:
-    return JSON_MERGE(column, sa.literal(json.dumps(patch), sa.Text()))  # type: ignore[return-value]
+    return JSON_MERGE(column, _text(json.dumps(patch)))  # type: ignore[return-value]
 
 
-@compiles(_Contains, "sqlite")
-@compiles(JSON_MERGE, "sqlite")
-def _compile_sqlite(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
-    return compiler.visit_function(element, **kw)  # type: ignore[arg-type]
+def _rendered(element: _GatewayFunction, compiler: SQLCompiler, **kw: Any) -> list[str]:
+    return [compiler.process(argument, **kw) for argument in element.clauses]
 
 
-def _arguments(element: FunctionElement[Any]) -> tuple[Any, Any]:
-    column, value = list(element.clauses)
-    return column, value.value
+@compiles(_GatewayFunction, "sqlite")
+def _compile_sqlite(element: _GatewayFunction, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{element.name}({', '.join(_rendered(element, compiler, **kw))})"
 
 
 @compiles(ICONTAINS, "postgresql")
 def _pg_icontains(element: ICONTAINS, compiler: SQLCompiler, **kw: Any) -> str:
-    column, term = _arguments(element)
-    return compiler.process(column.ilike(f"%{_escape_like(term)}%", escape="\\"), **kw)  # type: ignore[no-any-return]
+    column, pattern = _rendered(element, compiler, **kw)
+    return f"({column} ILIKE {pattern} ESCAPE '\\')"
 
 
 @compiles(JSON_CONTAINS, "postgresql")
 def _pg_json_contains(element: JSON_CONTAINS, compiler: SQLCompiler, **kw: Any) -> str:
-    column, pattern = _arguments(element)
-    value = sa.cast(sa.literal(pattern, sa.Text()), postgresql.JSONB())
-    return f"({compiler.process(column, **kw)} @> {compiler.process(value, **kw)})"
+    column, pattern = _rendered(element, compiler, **kw)
+    return f"({column} @> CAST({pattern} AS JSONB))"
 
 
 @compiles(TAGS_CONTAIN_ALL, "postgresql")
 def _pg_tags_contain_all(element: TAGS_CONTAIN_ALL, compiler: SQLCompiler, **kw: Any) -> str:
-    column, required = _arguments(element)
-    value = sa.literal(json.loads(required), postgresql.ARRAY(sa.Text()))
-    return f"({compiler.process(column, **kw)} @> {compiler.process(value, **kw)})"
+    column, tags = _rendered(element, compiler, **kw)
+    return f"({column} @> ARRAY(SELECT jsonb_array_elements_text(CAST({tags} AS JSONB))))"
 
 
 @compiles(JSON_MERGE, "postgresql")
 def _pg_json_merge(element: JSON_MERGE, compiler: SQLCompiler, **kw: Any) -> str:
-    column, patch_text = _arguments(element)
-    patch = json.loads(patch_text)
-    deleted = sa.literal([key for key, value in patch.items() if value is None], postgresql.ARRAY(sa.Text()))
-    kept = {key: value for key, value in patch.items() if value is not None}
-    kept_value = sa.cast(sa.literal(json.dumps(kept), sa.Text()), postgresql.JSONB())
+    column, patch = _rendered(element, compiler, **kw)
     return (
-        f"((COALESCE({compiler.process(column, **kw)}, '{{}}'::jsonb) - {compiler.process(deleted, **kw)})"
-        f" || {compiler.process(kept_value, **kw)})"
+        f"(SELECT (COALESCE({column}, '{{}}'::jsonb)"
+        " - ARRAY(SELECT key FROM jsonb_each(gateway_patch.doc) WHERE jsonb_typeof(value) = 'null'))"
+        " || COALESCE((SELECT jsonb_object_agg(key, value) FROM jsonb_each(gateway_patch.doc)"
+        " WHERE jsonb_typeof(value) <> 'null'), '{}'::jsonb)"
+        f" FROM (SELECT CAST({patch} AS JSONB) AS doc) AS gateway_patch)"
     )

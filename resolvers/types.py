@@ -34,7 +34,7 @@ class User:
         )
 
 
-@strawberry.input(description="Which of a thread's steps to list.")
+@strawberry.input(name="StepFilter", description="Which of a thread's steps to list.")
 class StepFilterInput:
     types: list[str] | None = strawberry.field(default=None, description="Only steps of these types.")
     root_only: bool = strawberry.field(default=False, description="Only top-level steps (no parentId).")

@@ -14,7 +14,7 @@ from resolvers.scalars import DateTime, JSONObject
 from resolvers.types import After, Before, PageSize, PageSizeFromEnd, Thread
 
 
-@strawberry.input(description="Which threads to list; all conditions must hold.")
+@strawberry.input(name="ThreadFilter", description="Which threads to list; all conditions must hold.")
 class ThreadFilterInput:
     user_id: strawberry.ID | None = strawberry.field(default=None, description="Threads of this user.")
     user_identifier: str | None = strawberry.field(default=None, description="Threads of the user with this identifier.")

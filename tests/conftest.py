@@ -1,0 +1,172 @@
+"""Fixtures: every API test runs against SQLite and PostgreSQL, through GraphQL over HTTP.
+
+PostgreSQL is reached at GATEWAY_TEST_POSTGRES_URL (default: postgres on 127.0.0.1:5432, trust
+auth); each run creates its own database and drops it. Without a reachable server the PostgreSQL
+half is skipped locally, and fails in CI (CI=true), where a skip would hide missing coverage.
+"""
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from starlette.applications import Starlette
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.database import Database
+from gateway.migrate import upgrade_database
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TABLES_CHILDREN_FIRST = ("feedbacks", "elements", "steps", "threads", "users")
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_postgres_database(prefix: str = "gateway_test") -> str:
+    """Create a fresh PostgreSQL database; returns its SQLAlchemy URL. Fails in CI when unreachable."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+        message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {error}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: PostgreSQL tests must run)")
+        pytest.skip(message)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_postgres_database(url: str) -> None:
+    name = make_url(url).database
+    connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'gateway.db'}"
+        await upgrade_database(url)
+        yield url
+        return
+    url = await create_postgres_database()
+    try:
+        await upgrade_database(url)
+        yield url
+    finally:
+        await drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+async def app(database_url: str) -> AsyncIterator[Starlette]:
+    application = create_app(Settings(database_url=database_url, auto_migrate=False))
+    yield application
+    await application.state.db.dispose()
+
+
+@pytest.fixture
+def db(app: Starlette) -> Database:
+    database: Database = app.state.db
+    return database
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return make_url(database_url).get_backend_name()
+
+
+class GraphQLFailure(AssertionError):
+    pass
+
+
+@dataclass
+class Api:
+    """GraphQL over HTTP against the ASGI app, as a client would call it."""
+
+    http: httpx.AsyncClient
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
+        return await self.http.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+
+    async def ok(self, query: str, **variables: Any) -> dict[str, Any]:
+        """The data of a request that must succeed."""
+        response = await self.post(query, variables)
+        body = response.json()
+        if response.status_code != 200 or body.get("errors"):
+            raise GraphQLFailure(f"{response.status_code}: {body.get('errors')}")
+        data: dict[str, Any] = body["data"]
+        return data
+
+    async def error(self, query: str, **variables: Any) -> dict[str, Any]:
+        """The single error of a request that must fail."""
+        body = (await self.post(query, variables)).json()
+        errors = body.get("errors")
+        assert errors, f"expected an error, got {body}"
+        assert len(errors) == 1, errors
+        error: dict[str, Any] = errors[0]
+        return error
+
+    async def code(self, query: str, **variables: Any) -> str:
+        error = await self.error(query, **variables)
+        code: str = error.get("extensions", {}).get("code")
+        return code
+
+
+@pytest.fixture
+async def api(app: Starlette, db: Database) -> AsyncIterator[Api]:
+    async with db.transaction() as session:
+        for table in TABLES_CHILDREN_FIRST:
+            await session.execute(sa.text(f"DELETE FROM {table}"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        yield Api(http)
+
+
+@dataclass
+class StatementLog:
+    statements: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def clear(self) -> None:
+        self.statements.clear()
+
+
+@pytest.fixture
+def sql_statements(db: Database) -> Iterator[StatementLog]:
+    """The SQL statements the database runs (transaction control excluded)."""
+    log = StatementLog()
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        first_word = statement.lstrip().split(None, 1)[0].upper()
+        if first_word not in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"):
+            log.statements.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    yield log
+    event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
