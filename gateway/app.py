@@ -55,7 +55,9 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         super().__init__(schema, **kwargs)
         self.db = db
 
-    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> GatewayContext:
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> GatewayContext:
         return GatewayContext(
             db=self.db, request_id=request.scope["state"]["request_id"], request=request, response=response
         )

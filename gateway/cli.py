@@ -36,7 +36,9 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     if before == after:
         print(f"gateway: database already at revision {after}")
     else:
-        print(f"gateway: database migrated from {before or 'an empty or Chainlit schema'} to revision {after}")
+        print(
+            f"gateway: database migrated from {before or 'an empty or Chainlit schema'} to revision {after}"
+        )
     return 0
 
 
@@ -50,7 +52,9 @@ def _schema(_settings: Settings, _args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="GraphQL persistence gateway for chat apps.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway (migrates the database first unless told not to)")
+    serve = commands.add_parser(
+        "serve", help="run the gateway (migrates the database first unless told not to)"
+    )
     serve.add_argument("--host", help="address to bind (default GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default GATEWAY_PORT or 8000)")
     serve.set_defaults(run=_serve)

@@ -136,19 +136,19 @@ def _text(value: str) -> Any:
 
 
 def sql_icontains(column: ColumnElement[Any], term: str) -> ColumnElement[bool]:
-    return ICONTAINS(column, _text(like_pattern(term)))  # type: ignore[return-value]
+    return ICONTAINS(column, _text(like_pattern(term)))
 
 
 def sql_json_contains(column: ColumnElement[Any], pattern: dict[str, Any]) -> ColumnElement[bool]:
-    return JSON_CONTAINS(column, _text(json.dumps(pattern)))  # type: ignore[return-value]
+    return JSON_CONTAINS(column, _text(json.dumps(pattern)))
 
 
 def sql_tags_contain_all(column: ColumnElement[Any], tags: list[str]) -> ColumnElement[bool]:
-    return TAGS_CONTAIN_ALL(column, _text(json.dumps(tags)))  # type: ignore[return-value]
+    return TAGS_CONTAIN_ALL(column, _text(json.dumps(tags)))
 
 
 def sql_json_merge(column: ColumnElement[Any], patch: dict[str, Any]) -> ColumnElement[Any]:
-    return JSON_MERGE(column, _text(json.dumps(patch)))  # type: ignore[return-value]
+    return JSON_MERGE(column, _text(json.dumps(patch)))
 
 
 def _rendered(element: _GatewayFunction, compiler: SQLCompiler, **kw: Any) -> list[str]:

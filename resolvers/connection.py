@@ -21,7 +21,9 @@ class PageInfo:
 
 @strawberry.type
 class Edge(Generic[Node]):
-    cursor: str = strawberry.field(description="Opaque position of this node; stays valid if the node is deleted.")
+    cursor: str = strawberry.field(
+        description="Opaque position of this node; stays valid if the node is deleted."
+    )
     node: Node
 
 
@@ -31,7 +33,9 @@ class Connection(Generic[Node]):
     page_info: PageInfo
     count: strawberry.Private[Callable[[], Awaitable[int]]]
 
-    @strawberry.field(description="Rows in the whole list (all pages); costs a count, so ask only when needed.")
+    @strawberry.field(
+        description="Rows in the whole list (all pages); costs a count, so ask only when needed."
+    )
     async def total_count(self) -> int:
         return await self.count()
 
@@ -40,7 +44,9 @@ def connection_from_page(
     page: Page[Row], node: Callable[[Row], Node], count: Callable[[], Awaitable[int]]
 ) -> Connection[Node]:
     return Connection(
-        edges=[Edge(cursor=cursor, node=node(row)) for row, cursor in zip(page.rows, page.cursors, strict=True)],
+        edges=[
+            Edge(cursor=cursor, node=node(row)) for row, cursor in zip(page.rows, page.cursors, strict=True)
+        ],
         page_info=PageInfo(
             has_next_page=page.has_next_page,
             has_previous_page=page.has_previous_page,

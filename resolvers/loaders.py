@@ -92,7 +92,10 @@ class Loaders:
             ),
         )
         self.children_of_step: DataLoader[tuple[str, PageRequest], Page[Step]] = _grouped(
-            db, lambda session, ids, request: steps.list_children_of_steps(session, parent_ids=ids, request=request)
+            db,
+            lambda session, ids, request: steps.list_children_of_steps(
+                session, parent_ids=ids, request=request
+            ),
         )
         self.child_count_of_step: DataLoader[tuple[str, None], int] = _grouped(
             db, lambda session, ids, _: steps.count_children_of_steps(session, parent_ids=ids)

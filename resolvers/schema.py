@@ -24,7 +24,9 @@ Mutation = merge_types("Mutation", (UserMutations, ThreadMutations, StepMutation
 
 
 class GatewaySchema(strawberry.Schema):
-    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
         """Client errors are answers, not incidents; `ErrorCodes` logs the unexpected ones."""
 
 

@@ -11,8 +11,12 @@ from resolvers.connection import Connection, connection_from_page, page_request
 from resolvers.context import Info
 from resolvers.scalars import DateTime, JSONObject
 
-PageSize = Annotated[int | None, strawberry.argument(description="Page size from the start (default 20, at most 100).")]
-PageSizeFromEnd = Annotated[int | None, strawberry.argument(description="Page size from the end (at most 100).")]
+PageSize = Annotated[
+    int | None, strawberry.argument(description="Page size from the start (default 20, at most 100).")
+]
+PageSizeFromEnd = Annotated[
+    int | None, strawberry.argument(description="Page size from the end (at most 100).")
+]
 After = Annotated[str | None, strawberry.argument(description="Rows after this cursor.")]
 Before = Annotated[str | None, strawberry.argument(description="Rows before this cursor.")]
 
@@ -96,7 +100,11 @@ class Thread:
 
     @strawberry.field(description="The thread's elements (attachments), oldest first.")
     async def elements(
-        self, info: Info, first: PageSize = None, after: After = None, last: PageSizeFromEnd = None,
+        self,
+        info: Info,
+        first: PageSize = None,
+        after: After = None,
+        last: PageSizeFromEnd = None,
         before: Before = None,
     ) -> Connection["Element"]:
         loaders = info.context.loaders
@@ -107,7 +115,11 @@ class Thread:
 
     @strawberry.field(description="Feedback given on the thread's steps.")
     async def feedbacks(
-        self, info: Info, first: PageSize = None, after: After = None, last: PageSizeFromEnd = None,
+        self,
+        info: Info,
+        first: PageSize = None,
+        after: After = None,
+        last: PageSizeFromEnd = None,
         before: Before = None,
     ) -> Connection["Feedback"]:
         loaders = info.context.loaders
@@ -117,7 +129,9 @@ class Thread:
         )
 
 
-@strawberry.type(description="One event of a thread: a message, a tool call, an LLM run. Steps nest by parentId.")
+@strawberry.type(
+    description="One event of a thread: a message, a tool call, an LLM run. Steps nest by parentId."
+)
 class Step:
     id: strawberry.ID
     thread_id: strawberry.ID
@@ -129,7 +143,9 @@ class Step:
     is_error: bool | None
     streaming: bool
     wait_for_answer: bool | None
-    show_input: str | None = strawberry.field(description="Chainlit's showInput: 'true', 'false' or a language.")
+    show_input: str | None = strawberry.field(
+        description="Chainlit's showInput: 'true', 'false' or a language."
+    )
     language: str | None
     command: str | None
     modes: strawberry.scalars.JSON | None
@@ -183,12 +199,18 @@ class Step:
 
     @strawberry.field(description="Steps nested in this one, oldest first.")
     async def children(
-        self, info: Info, first: PageSize = None, after: After = None, last: PageSizeFromEnd = None,
+        self,
+        info: Info,
+        first: PageSize = None,
+        after: After = None,
+        last: PageSizeFromEnd = None,
         before: Before = None,
     ) -> Connection["Step"]:
         loaders = info.context.loaders
         page = await loaders.children_of_step.load((self.id, page_request(first, after, last, before)))
-        return connection_from_page(page, Step.from_row, lambda: loaders.child_count_of_step.load((self.id, None)))
+        return connection_from_page(
+            page, Step.from_row, lambda: loaders.child_count_of_step.load((self.id, None))
+        )
 
     @strawberry.field(description="The feedback on this step, if any (one per step).")
     async def feedback(self, info: Info) -> "Feedback | None":

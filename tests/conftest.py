@@ -5,7 +5,6 @@ auth); each run creates its own database and drops it. Without a reachable serve
 half is skipped locally, and fails in CI (CI=true), where a skip would hide missing coverage.
 """
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -41,7 +40,7 @@ async def create_postgres_database(prefix: str = "gateway_test") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {error}"
         if IN_CI:
             pytest.fail(message + " (CI=true: PostgreSQL tests must run)")
@@ -63,7 +62,9 @@ async def drop_postgres_database(url: str) -> None:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'gateway.db'}"
         await upgrade_database(url)
@@ -105,8 +106,12 @@ class Api:
 
     http: httpx.AsyncClient
 
-    async def post(self, query: str, variables: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
-        return await self.http.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+    async def post(
+        self, query: str, variables: dict[str, Any] | None = None, **headers: str
+    ) -> httpx.Response:
+        return await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
 
     async def ok(self, query: str, **variables: Any) -> dict[str, Any]:
         """The data of a request that must succeed."""

@@ -10,7 +10,9 @@ UPSERT_THREAD = """
 mutation($input: ThreadInput!) {
   upsertThread(input: $input) { id name createdAt updatedAt userId userIdentifier tags metadata }
 }"""
-UPSERT_USER = "mutation($identifier: String!) { upsertUser(input: {identifier: $identifier}) { id identifier } }"
+UPSERT_USER = (
+    "mutation($identifier: String!) { upsertUser(input: {identifier: $identifier}) { id identifier } }"
+)
 UPSERT_STEP = """
 mutation($input: StepInput!) { upsertStep(input: $input) { id threadId output } }"""
 THREAD_IDS = """
@@ -58,7 +60,9 @@ async def test_create_then_partial_update_keeps_fields_not_given(api: Api) -> No
 async def test_metadata_merges_key_by_key_and_null_deletes(api: Api) -> None:
     thread_id = new_uuid()
     await upsert_thread(api, id=thread_id, metadata={"a": 1, "b": {"x": 1}, "c": "keep"})
-    merged = await upsert_thread(api, id=thread_id, metadata={"a": 2, "b": {"y": 2}, "c": None, "d": [1, None]})
+    merged = await upsert_thread(
+        api, id=thread_id, metadata={"a": 2, "b": {"y": 2}, "c": None, "d": [1, None]}
+    )
     assert merged["metadata"] == {"a": 2, "b": {"y": 2}, "d": [1, None]}
 
 
@@ -84,7 +88,9 @@ async def test_list_is_newest_activity_first_and_reads_do_not_reorder(api: Api) 
     assert await listed(api) == [newer, older], "reading a thread must not bump it"
 
     await asyncio.sleep(0.01)
-    await api.ok(UPSERT_STEP, input={"id": new_uuid(), "threadId": older, "name": "u", "type": "user_message"})
+    await api.ok(
+        UPSERT_STEP, input={"id": new_uuid(), "threadId": older, "name": "u", "type": "user_message"}
+    )
     assert await listed(api) == [older, newer], "a new step is activity: the thread moves to the top"
 
     ascending = await listed(api, orderBy={"field": "UPDATED_AT", "direction": "ASC"})
@@ -119,7 +125,9 @@ async def test_filters_by_owner(api: Api) -> None:
 async def test_search_matches_names_and_step_input_and_output_in_any_case(
     api: Api, term: str, expected: set[str]
 ) -> None:
-    threads = {label: new_uuid() for label in ("named", "asked", "answered", "german", "russian", "percent", "none")}
+    threads = {
+        label: new_uuid() for label in ("named", "asked", "answered", "german", "russian", "percent", "none")
+    }
     await upsert_thread(api, id=threads["named"], name="Trip to Rome")
     texts = {
         "asked": {"input": "What is the Weather?"},
@@ -153,7 +161,10 @@ async def test_feedback_filter_thumbs_down_and_up(api: Api) -> None:
 async def test_tags_created_range_and_metadata_filters(api: Api) -> None:
     a, b, c = new_uuid(), new_uuid(), new_uuid()
     await upsert_thread(
-        api, id=a, tags=["work", "urgent"], createdAt="2026-01-01T00:00:00.000Z",
+        api,
+        id=a,
+        tags=["work", "urgent"],
+        createdAt="2026-01-01T00:00:00.000Z",
         metadata={"project": "x", "flags": {"pinned": True}},
     )
     await upsert_thread(api, id=b, tags=["work"], createdAt="2026-02-01T00:00:00Z", metadata={"project": "y"})

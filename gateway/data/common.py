@@ -51,7 +51,9 @@ def metadata_patch_to_new(patch: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in patch.items() if value is not None}
 
 
-def update_values(table: sa.Table, fields: dict[str, Any], json_merge_columns: tuple[str, ...] = ("metadata",)) -> dict[str, Any]:
+def update_values(
+    table: sa.Table, fields: dict[str, Any], json_merge_columns: tuple[str, ...] = ("metadata",)
+) -> dict[str, Any]:
     """SET values for an update: metadata merges key by key, every other field is replaced."""
     values: dict[str, Any] = {}
     for name, value in fields.items():
@@ -65,5 +67,7 @@ def update_values(table: sa.Table, fields: dict[str, Any], json_merge_columns: t
 def from_row(model: type[Any], row: sa.Row[Any]) -> Any:
     """A table model instance from a Core row (RETURNING), mapping column names to attributes."""
     mapper = sa.inspect(model)
-    attributes = {column.key: attribute.key for attribute in mapper.column_attrs for column in attribute.columns}
+    attributes = {
+        column.key: attribute.key for attribute in mapper.column_attrs for column in attribute.columns
+    }
     return model(**{attributes[name]: value for name, value in row._mapping.items() if name in attributes})

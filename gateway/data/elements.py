@@ -16,7 +16,9 @@ async def get_elements_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> d
     return {row.id: row for row in rows}
 
 
-async def get_elements_of_steps(session: AsyncSession, *, step_ids: Sequence[str]) -> dict[str, list[Element]]:
+async def get_elements_of_steps(
+    session: AsyncSession, *, step_ids: Sequence[str]
+) -> dict[str, list[Element]]:
     statement = (
         sa.select(Element)
         .where(elements_table.c.forId.in_(list(step_ids)))

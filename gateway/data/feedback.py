@@ -47,12 +47,14 @@ async def upsert_feedback(
     *,
     for_id: str,
     value: int,
-    comment: str | None | Keep = KEEP,
+    comment: str | Keep | None = KEEP,
     feedback_id: str | None = None,
 ) -> Feedback:
     """Rate a step. Keyed by the step, so concurrent ratings of one step make one row."""
     if value not in FEEDBACK_VALUES:
-        raise BadUserInput(f"feedback value must be 0 (thumbs down) or 1 (thumbs up), not {value}", field="value")
+        raise BadUserInput(
+            f"feedback value must be 0 (thumbs down) or 1 (thumbs up), not {value}", field="value"
+        )
     thread_id = (
         await session.execute(sa.select(steps_table.c.threadId).where(steps_table.c.id == for_id))
     ).scalar_one_or_none()
@@ -60,7 +62,9 @@ async def upsert_feedback(
         raise NotFound(f"step {for_id} does not exist", field="forId")
     if feedback_id is not None:
         other_step = (
-            await session.execute(sa.select(feedbacks_table.c.forId).where(feedbacks_table.c.id == feedback_id))
+            await session.execute(
+                sa.select(feedbacks_table.c.forId).where(feedbacks_table.c.id == feedback_id)
+            )
         ).scalar_one_or_none()
         if other_step is not None and other_step != for_id:
             raise Conflict(f"feedback {feedback_id} rates step {other_step}, not {for_id}", field="id")
@@ -83,7 +87,9 @@ async def upsert_feedback(
 async def delete_feedback(session: AsyncSession, *, feedback_id: str) -> None:
     deleted = (
         await session.execute(
-            sa.delete(feedbacks_table).where(feedbacks_table.c.id == feedback_id).returning(feedbacks_table.c.id)
+            sa.delete(feedbacks_table)
+            .where(feedbacks_table.c.id == feedback_id)
+            .returning(feedbacks_table.c.id)
         )
     ).first()
     if deleted is None:

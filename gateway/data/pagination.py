@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, KeyedColumnElement
 
 from gateway.errors import BadUserInput
 
@@ -36,7 +36,11 @@ class PageRequest:
 
     @classmethod
     def build(
-        cls, *, first: int | None = None, after: str | None = None, last: int | None = None,
+        cls,
+        *,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
         before: str | None = None,
     ) -> "PageRequest":
         if first is not None and last is not None:
@@ -68,11 +72,11 @@ class Ordering:
     """How a list is sorted: its key columns (the id last) and direction, named for its cursors."""
 
     name: str
-    columns: tuple[ColumnElement[Any], ...]
+    columns: tuple[KeyedColumnElement[Any], ...]
     descending: bool = False
 
     def values_of(self, row: Any) -> list[Any]:
-        return [getattr(row, column.key) for column in self.columns]  # type: ignore[attr-defined]
+        return [getattr(row, column.key) for column in self.columns]
 
     def encode(self, row: Any) -> str:
         raw = json.dumps([self.name, self.values_of(row)], separators=(",", ":"), ensure_ascii=False)
@@ -105,7 +109,9 @@ class Ordering:
         """Rows after (`forward`) or before the cursor, in this ordering's direction."""
         values = self.decode(cursor, argument)
         keys = sa.tuple_(*self.columns)
-        bound = sa.tuple_(*[sa.literal(value, column.type) for value, column in zip(values, self.columns, strict=True)])
+        bound = sa.tuple_(
+            *[sa.literal(value, column.type) for value, column in zip(values, self.columns, strict=True)]
+        )
         greater = forward != self.descending
         return keys > bound if greater else keys < bound
 
@@ -172,7 +178,7 @@ async def fetch_pages_by_parent(
     session: AsyncSession,
     *,
     model: type[Row],
-    parent_column: ColumnElement[Any],
+    parent_column: KeyedColumnElement[Any],
     parent_ids: Sequence[str],
     ordering: Ordering,
     request: PageRequest,
@@ -186,26 +192,26 @@ async def fetch_pages_by_parent(
         .label("position")
     )
     numbered = (
-        sa.select(model, number)  # type: ignore[call-overload]
+        sa.select(model, number)
         .where(parent_column.in_(list(parent_ids)), *where, *cursor_conditions(ordering, request))
         .subquery("numbered")
     )
-    row_alias = aliased(model, numbered)  # type: ignore[type-var]
+    row_alias = aliased(model, numbered)
     statement = (
         sa.select(row_alias)
         .where(numbered.c.position <= request.size + 1)
-        .order_by(numbered.c[parent_column.key], numbered.c.position)  # type: ignore[attr-defined]
+        .order_by(numbered.c[parent_column.key], numbered.c.position)
     )
     grouped: dict[str, list[Row]] = {parent_id: [] for parent_id in parent_ids}
     for row in (await session.execute(statement)).scalars().all():
-        grouped[getattr(row, parent_column.key)].append(row)  # type: ignore[attr-defined]
+        grouped[getattr(row, parent_column.key)].append(row)
     return {parent_id: build_page(rows, ordering, request) for parent_id, rows in grouped.items()}
 
 
 async def count_by_parent(
     session: AsyncSession,
     *,
-    parent_column: ColumnElement[Any],
+    parent_column: KeyedColumnElement[Any],
     parent_ids: Sequence[str],
     where: Sequence[ColumnElement[bool]] = (),
 ) -> dict[str, int]:
@@ -220,6 +226,8 @@ async def count_by_parent(
     return counts
 
 
-async def count_rows(session: AsyncSession, *, model: type[Any], where: Sequence[ColumnElement[bool]] = ()) -> int:
+async def count_rows(
+    session: AsyncSession, *, model: type[Any], where: Sequence[ColumnElement[bool]] = ()
+) -> int:
     statement = sa.select(sa.func.count()).select_from(model).where(*where)
     return int((await session.execute(statement)).scalar_one())

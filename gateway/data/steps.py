@@ -8,7 +8,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.common import KEEP, Keep, changed, from_row, given, insert, metadata_patch_to_new, update_values
+from gateway.data.common import (
+    KEEP,
+    Keep,
+    changed,
+    from_row,
+    given,
+    insert,
+    metadata_patch_to_new,
+    update_values,
+)
 from gateway.data.pagination import (
     Ordering,
     Page,
@@ -38,24 +47,24 @@ class StepChanges:
 
     name: str | Keep = KEEP
     type: str | Keep = KEEP
-    parentId: str | None | Keep = KEEP
-    input: str | None | Keep = KEEP
-    output: str | None | Keep = KEEP
-    isError: bool | None | Keep = KEEP
+    parentId: str | Keep | None = KEEP
+    input: str | Keep | None = KEEP
+    output: str | Keep | None = KEEP
+    isError: bool | Keep | None = KEEP
     streaming: bool | Keep = KEEP
-    waitForAnswer: bool | None | Keep = KEEP
-    showInput: str | None | Keep = KEEP
-    language: str | None | Keep = KEEP
-    command: str | None | Keep = KEEP
+    waitForAnswer: bool | Keep | None = KEEP
+    showInput: str | Keep | None = KEEP
+    language: str | Keep | None = KEEP
+    command: str | Keep | None = KEEP
     modes: Any | Keep = KEEP
-    defaultOpen: bool | None | Keep = KEEP
-    autoCollapse: bool | None | Keep = KEEP
-    tags: list[str] | None | Keep = KEEP
+    defaultOpen: bool | Keep | None = KEEP
+    autoCollapse: bool | Keep | None = KEEP
+    tags: list[str] | Keep | None = KEEP
     metadata: dict[str, Any] | Keep = KEEP
-    generation: dict[str, Any] | None | Keep = KEEP
+    generation: dict[str, Any] | Keep | None = KEEP
     createdAt: str | Keep = KEEP
-    start: str | None | Keep = KEEP
-    end: str | None | Keep = KEEP
+    start: str | Keep | None = KEEP
+    end: str | Keep | None = KEEP
 
 
 # A step created by an update that arrived before its create still satisfies Chainlit's NOT NULLs.
@@ -95,7 +104,10 @@ async def count_steps_of_threads(
     session: AsyncSession, *, thread_ids: Sequence[str], step_filter: StepFilter
 ) -> dict[str, int]:
     return await count_by_parent(
-        session, parent_column=steps_table.c.threadId, parent_ids=thread_ids, where=_filter_conditions(step_filter)
+        session,
+        parent_column=steps_table.c.threadId,
+        parent_ids=thread_ids,
+        where=_filter_conditions(step_filter),
     )
 
 
@@ -124,7 +136,9 @@ def _favorite_conditions(user_id: str | None) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
-async def list_favorite_steps(session: AsyncSession, *, user_id: str | None, request: PageRequest) -> Page[Step]:
+async def list_favorite_steps(
+    session: AsyncSession, *, user_id: str | None, request: PageRequest
+) -> Page[Step]:
     """Steps whose `metadata.favorite` is true (Chainlit's favorites), newest first."""
     return await fetch_page(
         session, model=Step, ordering=FAVORITE_ORDER, request=request, where=_favorite_conditions(user_id)
@@ -168,7 +182,9 @@ async def upsert_step(
         same_thread = steps_table.c.threadId == thread_id
         if set_:
             statement = insert_statement.on_conflict_do_update(
-                index_elements=[steps_table.c.id], set_=set_, where=sa.and_(same_thread, changed(steps_table, set_))
+                index_elements=[steps_table.c.id],
+                set_=set_,
+                where=sa.and_(same_thread, changed(steps_table, set_)),
             ).returning(*returning)
         else:
             statement = insert_statement.on_conflict_do_nothing(index_elements=[steps_table.c.id]).returning(
@@ -178,7 +194,9 @@ async def upsert_step(
     if row is None:
         step = await _existing_step(session, step_id)
         if thread_id is not None and step.threadId != thread_id:
-            raise Conflict(f"step {step_id} belongs to thread {step.threadId}, not {thread_id}", field="threadId")
+            raise Conflict(
+                f"step {step_id} belongs to thread {step.threadId}, not {thread_id}", field="threadId"
+            )
         return step
     step = from_row(Step, row)
     await touch_thread(session, thread_id=step.threadId, now=now)
@@ -219,10 +237,16 @@ async def delete_step(session: AsyncSession, *, step_id: str, now: str) -> list[
     in_tree = sa.select(tree.c.id)
     await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.forId.in_(in_tree)))
     object_keys = (
-        await session.execute(
-            sa.delete(elements_table).where(elements_table.c.forId.in_(in_tree)).returning(elements_table.c.objectKey)
+        (
+            await session.execute(
+                sa.delete(elements_table)
+                .where(elements_table.c.forId.in_(in_tree))
+                .returning(elements_table.c.objectKey)
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
     await touch_thread(session, thread_id=step.threadId, now=now)
     return [key for key in object_keys if key]

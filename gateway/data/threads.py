@@ -9,7 +9,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.common import KEEP, Keep, changed, from_row, given, insert, metadata_patch_to_new, update_values
+from gateway.data.common import (
+    KEEP,
+    Keep,
+    changed,
+    from_row,
+    given,
+    insert,
+    metadata_patch_to_new,
+    update_values,
+)
 from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
 from gateway.errors import NotFound
 from gateway.jsonops import sql_icontains, sql_json_contains, sql_tags_contain_all
@@ -23,9 +32,13 @@ from gateway.tables import (
 )
 
 THREAD_ORDERINGS = {
-    ("updatedAt", True): Ordering("threads:updatedAt:desc", (threads_table.c.updatedAt, threads_table.c.id), True),
+    ("updatedAt", True): Ordering(
+        "threads:updatedAt:desc", (threads_table.c.updatedAt, threads_table.c.id), True
+    ),
     ("updatedAt", False): Ordering("threads:updatedAt:asc", (threads_table.c.updatedAt, threads_table.c.id)),
-    ("createdAt", True): Ordering("threads:createdAt:desc", (threads_table.c.createdAt, threads_table.c.id), True),
+    ("createdAt", True): Ordering(
+        "threads:createdAt:desc", (threads_table.c.createdAt, threads_table.c.id), True
+    ),
     ("createdAt", False): Ordering("threads:createdAt:asc", (threads_table.c.createdAt, threads_table.c.id)),
 }
 
@@ -46,9 +59,9 @@ class ThreadFilter:
 class ThreadChanges:
     """What an upsert sets; `KEEP` leaves the stored value alone. `metadata` is a patch."""
 
-    name: str | None | Keep = KEEP
-    userId: str | None | Keep = KEEP
-    tags: list[str] | None | Keep = KEEP
+    name: str | Keep | None = KEEP
+    userId: str | Keep | None = KEEP
+    tags: list[str] | Keep | None = KEEP
     metadata: dict[str, Any] | Keep = KEEP
     createdAt: str | Keep = KEEP
 
@@ -64,7 +77,10 @@ def filter_conditions(thread_filter: ThreadFilter) -> list[sa.ColumnElement[bool
     if thread_filter.search:
         step_matches = sa.select(sa.literal(1)).where(
             steps.threadId == threads.id,
-            sa.or_(sql_icontains(steps.input, thread_filter.search), sql_icontains(steps.output, thread_filter.search)),
+            sa.or_(
+                sql_icontains(steps.input, thread_filter.search),
+                sql_icontains(steps.output, thread_filter.search),
+            ),
         )
         conditions.append(sa.or_(sql_icontains(threads.name, thread_filter.search), step_matches.exists()))
     if thread_filter.feedback is not None:
@@ -111,7 +127,7 @@ async def count_threads(session: AsyncSession, *, thread_filter: ThreadFilter) -
 
 
 async def _owner_identifier(session: AsyncSession, user_id: str) -> str:
-    identifier = (
+    identifier: str | None = (
         await session.execute(sa.select(users_table.c.identifier).where(users_table.c.id == user_id))
     ).scalar_one_or_none()
     if identifier is None:
@@ -126,7 +142,9 @@ async def upsert_thread(session: AsyncSession, *, thread_id: str, changes: Threa
     """
     fields = given(changes)
     if "userId" in fields:
-        fields["userIdentifier"] = None if fields["userId"] is None else await _owner_identifier(session, fields["userId"])
+        fields["userIdentifier"] = (
+            None if fields["userId"] is None else await _owner_identifier(session, fields["userId"])
+        )
     patch = fields.pop("metadata", None)
     new_row = {"id": thread_id, "createdAt": now, "updatedAt": now, **fields}
     if patch is not None:
@@ -170,18 +188,23 @@ async def delete_thread(session: AsyncSession, *, thread_id: str) -> list[str]:
 
     Children are deleted explicitly: databases Chainlit created from older DDL have no foreign keys.
     """
-    exists = (await session.execute(sa.select(threads_table.c.id).where(threads_table.c.id == thread_id))).first()
+    exists = (
+        await session.execute(sa.select(threads_table.c.id).where(threads_table.c.id == thread_id))
+    ).first()
     if exists is None:
         raise NotFound(f"thread {thread_id} does not exist")
     await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.threadId == thread_id))
     object_keys = (
-        await session.execute(
-            sa.delete(elements_table)
-            .where(elements_table.c.threadId == thread_id)
-            .returning(elements_table.c.objectKey)
+        (
+            await session.execute(
+                sa.delete(elements_table)
+                .where(elements_table.c.threadId == thread_id)
+                .returning(elements_table.c.objectKey)
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     await session.execute(sa.delete(steps_table).where(steps_table.c.threadId == thread_id))
     await session.execute(sa.delete(threads_table).where(threads_table.c.id == thread_id))
     return [key for key in object_keys if key]
-

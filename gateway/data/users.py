@@ -40,7 +40,11 @@ async def count_users(session: AsyncSession, *, search: str | None = None) -> in
 
 
 async def upsert_user(
-    session: AsyncSession, *, identifier: str, user_id: str | None = None, metadata: dict[str, Any] | None = None
+    session: AsyncSession,
+    *,
+    identifier: str,
+    user_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> User:
     """Create the user, or update it: metadata merges key by key, a null value deletes a key.
 
@@ -54,7 +58,10 @@ async def upsert_user(
     if user_id is not None:
         renamed = (
             await session.execute(
-                sa.update(users_table).where(users_table.c.id == user_id).values(set_).returning(*users_table.c)
+                sa.update(users_table)
+                .where(users_table.c.id == user_id)
+                .values(set_)
+                .returning(*users_table.c)
             )
         ).one_or_none()
         if renamed is not None:
@@ -69,5 +76,7 @@ async def upsert_user(
     statement = statement.on_conflict_do_update(index_elements=[users_table.c.identifier], set_=set_)
     row = (await session.execute(statement.returning(*users_table.c))).one()
     if user_id is not None and row.id != user_id:
-        raise Conflict(f"identifier {identifier!r} belongs to another user than {user_id}", field="identifier")
+        raise Conflict(
+            f"identifier {identifier!r} belongs to another user than {user_id}", field="identifier"
+        )
     return from_row(User, row)  # type: ignore[no-any-return]

@@ -11,7 +11,9 @@ from resolvers.types import DeletePayload, Feedback
 class FeedbackInput:
     for_id: strawberry.ID = strawberry.field(description="The step rated.")
     value: int = strawberry.field(description="1 thumbs up, 0 thumbs down.")
-    comment: str | None = strawberry.field(default=strawberry.UNSET, description="Kept as it is when not given.")
+    comment: str | None = strawberry.field(
+        default=strawberry.UNSET, description="Kept as it is when not given."
+    )
     id: strawberry.ID | None = None
 
 

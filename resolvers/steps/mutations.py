@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +39,8 @@ class StepInput:
     auto_collapse: bool | None = strawberry.UNSET
     tags: list[str] | None = strawberry.UNSET
     metadata: JSONObject | None = strawberry.field(
-        default=strawberry.UNSET, description="Merged key by key into the stored metadata; a null value deletes the key."
+        default=strawberry.UNSET,
+        description="Merged key by key into the stored metadata; a null value deletes the key.",
     )
     generation: JSONObject | None = strawberry.UNSET
     created_at: DateTime | None = strawberry.UNSET
@@ -47,7 +48,13 @@ class StepInput:
     end: DateTime | None = strawberry.UNSET
 
 
-NOT_NULL_FIELDS = {"name": "name", "type": "type", "streaming": "streaming", "metadata": "metadata", "createdAt": "created_at"}
+NOT_NULL_FIELDS = {
+    "name": "name",
+    "type": "type",
+    "streaming": "streaming",
+    "metadata": "metadata",
+    "createdAt": "created_at",
+}
 
 
 def _given(value: Any) -> Any:
@@ -117,7 +124,9 @@ class StepMutations:
             )
         return Step.from_row(row)
 
-    @strawberry.mutation(description="Append streamed tokens to a step's output (atomic: concurrent appends all land).")
+    @strawberry.mutation(
+        description="Append streamed tokens to a step's output (atomic: concurrent appends all land)."
+    )
     async def append_step_output(self, info: Info, id: strawberry.ID, delta: str) -> Step:
         step_id = parse_id(id, "id")
         async with info.context.write() as session:
@@ -128,9 +137,13 @@ class StepMutations:
         description=f"Upsert up to {MAX_INGEST_BATCH} steps in one transaction, each on its own: "
         "one outcome per step, in order; a failing step does not stop the others."
     )
-    async def ingest_steps(self, info: Info, steps_: list[StepInput] = strawberry.argument(name="steps")) -> list[IngestResult]:
+    async def ingest_steps(
+        self, info: Info, steps_: Annotated[list[StepInput], strawberry.argument(name="steps")]
+    ) -> list[IngestResult]:
         if len(steps_) > MAX_INGEST_BATCH:
-            raise BadUserInput(f"at most {MAX_INGEST_BATCH} steps per batch, not {len(steps_)}", argument="steps")
+            raise BadUserInput(
+                f"at most {MAX_INGEST_BATCH} steps per batch, not {len(steps_)}", argument="steps"
+            )
         now = utc_now()
         results: list[IngestResult] = []
         async with info.context.write() as session:
@@ -141,9 +154,17 @@ class StepMutations:
                         row = await steps.upsert_step(
                             session, step_id=step_id, thread_id=thread_id, changes=changes, now=now
                         )
-                    results.append(IngestResult(index=index, id=strawberry.ID(row.id), step=Step.from_row(row), error=None))
+                    results.append(
+                        IngestResult(
+                            index=index, id=strawberry.ID(row.id), step=Step.from_row(row), error=None
+                        )
+                    )
                 except (GatewayError, IntegrityError) as error:
-                    failure = error if isinstance(error, GatewayError) else Conflict("the step conflicts with existing data")
+                    failure = (
+                        error
+                        if isinstance(error, GatewayError)
+                        else Conflict("the step conflicts with existing data")
+                    )
                     results.append(
                         IngestResult(
                             index=index,

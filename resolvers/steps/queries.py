@@ -14,7 +14,9 @@ class StepQueries:
         row = await info.context.loaders.step_by_id.load(parse_id(id, "id"))
         return Step.from_row(row) if row else None
 
-    @strawberry.field(description="Steps marked `metadata.favorite = true`, newest first; of one user's threads if given.")
+    @strawberry.field(
+        description="Steps marked `metadata.favorite = true`, newest first; of one user's threads if given."
+    )
     async def favorite_steps(
         self, info: Info, user_id: strawberry.ID | None = None, first: PageSize = None, after: After = None
     ) -> Connection[Step]:

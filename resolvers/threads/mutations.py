@@ -1,7 +1,7 @@
 import strawberry
 
 from gateway.data import threads
-from gateway.data.common import KEEP
+from gateway.data.common import KEEP, Keep
 from gateway.data.threads import ThreadChanges
 from gateway.errors import BadUserInput, NotFound
 from gateway.timestamps import utc_now
@@ -21,16 +21,23 @@ class ThreadInput:
     )
     tags: list[str] | None = strawberry.UNSET
     metadata: JSONObject | None = strawberry.field(
-        default=strawberry.UNSET, description="Merged key by key into the stored metadata; a null value deletes the key."
+        default=strawberry.UNSET,
+        description="Merged key by key into the stored metadata; a null value deletes the key.",
     )
-    created_at: DateTime | None = strawberry.field(default=strawberry.UNSET, description="Defaults to now on create.")
+    created_at: DateTime | None = strawberry.field(
+        default=strawberry.UNSET, description="Defaults to now on create."
+    )
 
 
-async def _owner_id(info: Info, thread_input: ThreadInput) -> str | None | object:
+async def _owner_id(info: Info, thread_input: ThreadInput) -> str | Keep | None:
     user_id = thread_input.user_id
     identifier = thread_input.user_identifier
     if identifier is strawberry.UNSET or identifier is None:
-        return KEEP if user_id is strawberry.UNSET else (None if user_id is None else parse_id(user_id, "input.userId"))
+        return (
+            KEEP
+            if user_id is strawberry.UNSET
+            else (None if user_id is None else parse_id(user_id, "input.userId"))
+        )
     user = await info.context.loaders.user_by_identifier.load(identifier)
     if user is None:
         raise NotFound(f"no user has the identifier {identifier!r}", field="userIdentifier")
@@ -53,7 +60,7 @@ class ThreadMutations:
             raise BadUserInput("`createdAt` cannot be null", field="createdAt")
         changes = ThreadChanges(
             name=KEEP if input.name is strawberry.UNSET else input.name,
-            userId=await _owner_id(info, input),  # type: ignore[arg-type]
+            userId=await _owner_id(info, input),
             tags=KEEP if input.tags is strawberry.UNSET else input.tags,
             metadata=KEEP if input.metadata is strawberry.UNSET else input.metadata,
             createdAt=KEEP if input.created_at is strawberry.UNSET else input.created_at,

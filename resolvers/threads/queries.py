@@ -17,7 +17,9 @@ from resolvers.types import After, Before, PageSize, PageSizeFromEnd, Thread
 @strawberry.input(name="ThreadFilter", description="Which threads to list; all conditions must hold.")
 class ThreadFilterInput:
     user_id: strawberry.ID | None = strawberry.field(default=None, description="Threads of this user.")
-    user_identifier: str | None = strawberry.field(default=None, description="Threads of the user with this identifier.")
+    user_identifier: str | None = strawberry.field(
+        default=None, description="Threads of the user with this identifier."
+    )
     search: str | None = strawberry.field(
         default=None, description="Text in the thread's name or any step's input or output, any case."
     )

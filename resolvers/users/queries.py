@@ -17,7 +17,9 @@ class UserQueries:
         return None
 
     @strawberry.field(description="A user by id or by identifier (give one).")
-    async def user(self, info: Info, id: strawberry.ID | None = None, identifier: str | None = None) -> User | None:
+    async def user(
+        self, info: Info, id: strawberry.ID | None = None, identifier: str | None = None
+    ) -> User | None:
         if (id is None) == (identifier is None):
             raise BadUserInput("give exactly one of `id` and `identifier`", argument="id")
         loaders = info.context.loaders

@@ -8,6 +8,7 @@ Revises:
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -22,9 +23,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     bind = op.get_bind()
     on_postgres = bind.dialect.name == "postgresql"
-    uuid: sa.types.TypeEngine[object] = postgresql.UUID(as_uuid=False) if on_postgres else sa.String(36)
-    document: sa.types.TypeEngine[object] = postgresql.JSONB() if on_postgres else sa.JSON()
-    tags: sa.types.TypeEngine[object] = postgresql.ARRAY(sa.Text()) if on_postgres else sa.JSON()
+    uuid: sa.types.TypeEngine[Any] = postgresql.UUID(as_uuid=False) if on_postgres else sa.String(36)
+    document: sa.types.TypeEngine[Any] = postgresql.JSONB() if on_postgres else sa.JSON()
+    tags: sa.types.TypeEngine[Any] = postgresql.ARRAY(sa.Text()) if on_postgres else sa.JSON()
     existing = set(sa.inspect(bind).get_table_names())
 
     if "users" not in existing:

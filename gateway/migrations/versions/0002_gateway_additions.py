@@ -10,6 +10,7 @@ Revises: 0001
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -44,7 +45,7 @@ TRIGRAM_INDEXES = [
 ]
 
 
-def _add_missing_columns(table: str, columns: list[sa.Column[object]]) -> None:
+def _add_missing_columns(table: str, columns: list[sa.Column[Any]]) -> None:
     present = {column["name"] for column in sa.inspect(op.get_bind()).get_columns(table)}
     for column in columns:
         if column.name not in present:
@@ -55,12 +56,16 @@ def _keep_one_feedback_per_step() -> None:
     """Chainlit allowed several feedback rows for one step; the unique index allows one. The extra
     rows move to `gateway_feedback_duplicates`, so none is lost."""
     bind = op.get_bind()
-    duplicates = bind.execute(
-        sa.text(
-            'SELECT f.id FROM feedbacks f WHERE EXISTS (SELECT 1 FROM feedbacks g '
-            'WHERE g."forId" = f."forId" AND CAST(g.id AS TEXT) > CAST(f.id AS TEXT))'
+    duplicates = (
+        bind.execute(
+            sa.text(
+                "SELECT f.id FROM feedbacks f WHERE EXISTS (SELECT 1 FROM feedbacks g "
+                'WHERE g."forId" = f."forId" AND CAST(g.id AS TEXT) > CAST(f.id AS TEXT))'
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     if not duplicates:
         return
     logger.warning("moving %d duplicate feedback rows to gateway_feedback_duplicates", len(duplicates))
@@ -73,14 +78,16 @@ def _keep_one_feedback_per_step() -> None:
         'EXISTS (SELECT 1 FROM feedbacks g WHERE g."forId" = feedbacks."forId" '
         "AND CAST(g.id AS TEXT) > CAST(feedbacks.id AS TEXT))"
     )
-    bind.execute(sa.text(f"INSERT INTO gateway_feedback_duplicates SELECT * FROM feedbacks WHERE {condition}"))
+    bind.execute(
+        sa.text(f"INSERT INTO gateway_feedback_duplicates SELECT * FROM feedbacks WHERE {condition}")
+    )
     bind.execute(sa.text(f"DELETE FROM feedbacks WHERE {condition}"))
 
 
 def upgrade() -> None:
     bind = op.get_bind()
     on_postgres = bind.dialect.name == "postgresql"
-    document: sa.types.TypeEngine[object] = postgresql.JSONB() if on_postgres else sa.JSON()
+    document: sa.types.TypeEngine[Any] = postgresql.JSONB() if on_postgres else sa.JSON()
     now = PG_NOW if on_postgres else SQLITE_NOW
 
     _add_missing_columns(
@@ -134,7 +141,8 @@ def upgrade() -> None:
 
     _keep_one_feedback_per_step()
     existing_indexes = {
-        index["name"] for table in ("threads", "steps", "elements", "feedbacks")
+        index["name"]
+        for table in ("threads", "steps", "elements", "feedbacks")
         for index in sa.inspect(bind).get_indexes(table)
     }
     for name, table, columns, unique in INDEXES:

@@ -1,0 +1,225 @@
+"""Steps: upserts by client id, races between writers, streamed output, batches, nesting, deletion."""
+
+import asyncio
+
+from tests.conftest import Api, new_uuid
+
+STEP_FIELDS = (
+    "id threadId parentId name type input output isError streaming metadata tags createdAt showInput"
+)
+UPSERT_STEP = f"mutation($input: StepInput!) {{ upsertStep(input: $input) {{ {STEP_FIELDS} }} }}"
+STEP = f"query($id: ID!) {{ step(id: $id) {{ {STEP_FIELDS} }} }}"
+THREAD_STEPS = """
+query($id: ID!, $first: Int, $after: String, $last: Int, $before: String, $filter: StepFilter) {
+  thread(id: $id) {
+    updatedAt
+    steps(first: $first, after: $after, last: $last, before: $before, filter: $filter) {
+      totalCount
+      pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+      edges { cursor node { id output } }
+    }
+  }
+}"""
+
+
+async def upsert_step(api: Api, **fields: object) -> dict[str, object]:
+    step: dict[str, object] = (await api.ok(UPSERT_STEP, input=fields))["upsertStep"]
+    return step
+
+
+async def step_ids(api: Api, thread_id: str, **arguments: object) -> list[str]:
+    data = await api.ok(THREAD_STEPS, id=thread_id, **arguments)
+    return [edge["node"]["id"] for edge in data["thread"]["steps"]["edges"]]
+
+
+async def test_first_step_creates_its_thread(api: Api) -> None:
+    thread_id, step_id = new_uuid(), new_uuid()
+    step = await upsert_step(
+        api, id=step_id, threadId=thread_id, name="user", type="user_message", input="hello", showInput="true"
+    )
+    assert step["threadId"] == thread_id and step["input"] == "hello" and step["streaming"] is False
+    thread = (await api.ok("query($id: ID!) { thread(id: $id) { id createdAt updatedAt } }", id=thread_id))[
+        "thread"
+    ]
+    assert thread["id"] == thread_id and thread["updatedAt"] >= thread["createdAt"]
+
+
+async def test_partial_update_never_blanks_fields_it_was_not_given(api: Api) -> None:
+    thread_id, step_id = new_uuid(), new_uuid()
+    created = await upsert_step(
+        api,
+        id=step_id,
+        threadId=thread_id,
+        name="llm",
+        type="llm",
+        input="question",
+        output="ans",
+        metadata={"model": "m1"},
+        tags=["t"],
+        isError=False,
+    )
+    updated = await upsert_step(api, id=step_id, output="answer", metadata={"tokens": 12})
+    assert updated["input"] == "question" and updated["name"] == "llm" and updated["type"] == "llm"
+    assert updated["tags"] == ["t"] and updated["createdAt"] == created["createdAt"]
+    assert updated["metadata"] == {"model": "m1", "tokens": 12}
+    assert updated["output"] == "answer"
+    cleared = await upsert_step(api, id=step_id, threadId=thread_id, output=None)
+    assert cleared["output"] is None and cleared["input"] == "question"
+
+
+async def test_update_without_thread_id_of_a_missing_step_is_not_found(api: Api) -> None:
+    assert await api.code(UPSERT_STEP, input={"id": new_uuid(), "output": "x"}) == "NOT_FOUND"
+
+
+async def test_retried_step_upsert_does_not_move_the_thread(api: Api) -> None:
+    thread_id, step_id = new_uuid(), new_uuid()
+    fields = {"id": step_id, "threadId": thread_id, "name": "a", "type": "run", "metadata": {"k": 1}}
+    await upsert_step(api, **fields)
+    before = (await api.ok(THREAD_STEPS, id=thread_id))["thread"]["updatedAt"]
+    await asyncio.sleep(0.01)
+    await upsert_step(api, **fields)
+    after = (await api.ok(THREAD_STEPS, id=thread_id))["thread"]["updatedAt"]
+    assert after == before
+
+
+async def test_concurrent_create_and_updates_of_one_step_lose_nothing(api: Api) -> None:
+    """Chainlit #2789/#2583: a create racing updates of the same step lost content."""
+    thread_id, step_id = new_uuid(), new_uuid()
+    writes = [
+        {"id": step_id, "threadId": thread_id, "name": "assistant", "type": "assistant_message"},
+        {"id": step_id, "threadId": thread_id, "output": "final answer"},
+        {"id": step_id, "threadId": thread_id, "metadata": {"a": 1}},
+        {"id": step_id, "threadId": thread_id, "metadata": {"b": 2}},
+        {"id": step_id, "threadId": thread_id, "input": "the question"},
+    ]
+    responses = await asyncio.gather(*(api.post(UPSERT_STEP, {"input": write}) for write in writes))
+    assert all(not response.json().get("errors") for response in responses), [r.json() for r in responses]
+    step = (await api.ok(STEP, id=step_id))["step"]
+    assert step["name"] == "assistant" and step["type"] == "assistant_message"
+    assert step["output"] == "final answer" and step["input"] == "the question"
+    assert step["metadata"] == {"a": 1, "b": 2}
+
+
+async def test_streamed_output_appends_atomically(api: Api) -> None:
+    thread_id, step_id = new_uuid(), new_uuid()
+    await upsert_step(api, id=step_id, threadId=thread_id, name="a", type="assistant_message", streaming=True)
+    append = "mutation($id: ID!, $d: String!) { appendStepOutput(id: $id, delta: $d) { output } }"
+    tokens = [f"<{index}>" for index in range(20)]
+    responses = await asyncio.gather(*(api.post(append, {"id": step_id, "d": token}) for token in tokens))
+    assert all(not response.json().get("errors") for response in responses)
+    output = (await api.ok(STEP, id=step_id))["step"]["output"]
+    assert sorted(output.replace(">", "> ").split()) == sorted(tokens), "every token landed exactly once"
+    assert (await api.ok(append, id=step_id, d="!"))["appendStepOutput"]["output"].endswith("!")
+
+
+async def test_steps_are_oldest_first_and_last_n_is_the_latest_turns(api: Api) -> None:
+    thread_id = new_uuid()
+    ids = []
+    for minute in range(15):
+        step_id = new_uuid()
+        ids.append(step_id)
+        await upsert_step(
+            api,
+            id=step_id,
+            threadId=thread_id,
+            output=f"turn {minute}",
+            createdAt=f"2026-01-01T10:{minute:02d}:00.000Z",
+        )
+    assert await step_ids(api, thread_id) == ids
+    latest = (await api.ok(THREAD_STEPS, id=thread_id, last=10))["thread"]["steps"]
+    assert [edge["node"]["id"] for edge in latest["edges"]] == ids[5:]
+    assert latest["pageInfo"]["hasPreviousPage"] is True and latest["totalCount"] == 15
+    older = await api.ok(THREAD_STEPS, id=thread_id, last=10, before=latest["pageInfo"]["startCursor"])
+    older_page = older["thread"]["steps"]
+    assert [edge["node"]["id"] for edge in older_page["edges"]] == ids[:5]
+    assert (
+        older_page["pageInfo"]["hasPreviousPage"] is False and older_page["pageInfo"]["hasNextPage"] is True
+    )
+
+
+async def test_step_filter_by_type_and_root_only(api: Api) -> None:
+    thread_id, root, child, tool = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    await upsert_step(api, id=root, threadId=thread_id, type="user_message", createdAt="2026-01-01T00:00:00Z")
+    await upsert_step(
+        api, id=child, threadId=thread_id, parentId=root, type="llm", createdAt="2026-01-01T00:00:01Z"
+    )
+    await upsert_step(api, id=tool, threadId=thread_id, type="tool", createdAt="2026-01-01T00:00:02Z")
+    assert await step_ids(api, thread_id, filter={"rootOnly": True}) == [root, tool]
+    assert await step_ids(api, thread_id, filter={"types": ["llm", "tool"]}) == [child, tool]
+
+
+async def test_children_parent_and_nested_delete_with_feedback(api: Api) -> None:
+    thread_id, root, child, grandchild, sibling = (new_uuid() for _ in range(5))
+    await upsert_step(api, id=root, threadId=thread_id, type="run", createdAt="2026-01-01T00:00:00Z")
+    await upsert_step(api, id=child, threadId=thread_id, parentId=root, createdAt="2026-01-01T00:00:01Z")
+    await upsert_step(
+        api, id=grandchild, threadId=thread_id, parentId=child, createdAt="2026-01-01T00:00:02Z"
+    )
+    await upsert_step(api, id=sibling, threadId=thread_id, createdAt="2026-01-01T00:00:03Z")
+    tree = await api.ok(
+        "query($id: ID!) { step(id: $id) { children { totalCount edges { node { id parent { id } "
+        "children { edges { node { id } } } } } } } }",
+        id=root,
+    )
+    child_node = tree["step"]["children"]["edges"][0]["node"]
+    assert tree["step"]["children"]["totalCount"] == 1
+    assert child_node["id"] == child and child_node["parent"]["id"] == root
+    assert child_node["children"]["edges"][0]["node"]["id"] == grandchild
+    await api.ok("mutation($s: ID!) { upsertFeedback(input: {forId: $s, value: 0}) { id } }", s=grandchild)
+
+    await api.ok("mutation($id: ID!) { deleteStep(id: $id) { id } }", id=root)
+    assert await step_ids(api, thread_id) == [sibling]
+    remaining = await api.ok("query($id: ID!) { thread(id: $id) { feedbacks { totalCount } } }", id=thread_id)
+    assert remaining["thread"]["feedbacks"]["totalCount"] == 0
+
+
+async def test_ingest_steps_reports_one_outcome_per_item(api: Api) -> None:
+    thread_id, good, other_thread = new_uuid(), new_uuid(), new_uuid()
+    owned_elsewhere = new_uuid()
+    await upsert_step(api, id=owned_elsewhere, threadId=other_thread)
+    batch = [
+        {"id": good, "threadId": thread_id, "name": "a", "type": "user_message", "output": "hi"},
+        {"id": "not-a-uuid", "threadId": thread_id},
+        {"id": owned_elsewhere, "threadId": thread_id, "output": "moved?"},
+        {"id": new_uuid(), "output": "no thread"},
+        {"id": new_uuid(), "threadId": thread_id, "name": None},
+    ]
+    data = await api.ok(
+        "mutation($steps: [StepInput!]!) { ingestSteps(steps: $steps) { index id step { id output } "
+        "error { code message } } }",
+        steps=batch,
+    )
+    outcomes = data["ingestSteps"]
+    assert [outcome["index"] for outcome in outcomes] == [0, 1, 2, 3, 4]
+    assert outcomes[0]["step"] == {"id": good, "output": "hi"} and outcomes[0]["error"] is None
+    assert [outcome["error"]["code"] for outcome in outcomes[1:]] == [
+        "BAD_USER_INPUT",
+        "CONFLICT",
+        "NOT_FOUND",
+        "BAD_USER_INPUT",
+    ]
+    assert await step_ids(api, thread_id) == [good]
+    assert (await api.ok(STEP, id=owned_elsewhere))["step"]["output"] is None
+
+
+async def test_ingest_steps_rejects_oversized_batches(api: Api) -> None:
+    batch = [{"id": new_uuid(), "threadId": new_uuid()} for _ in range(501)]
+    code = await api.code("mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index } }", s=batch)
+    assert code == "BAD_USER_INPUT"
+    assert (await api.ok("{ threads { totalCount } }"))["threads"]["totalCount"] == 0
+
+
+async def test_favorite_steps_of_a_user(api: Api) -> None:
+    user = (await api.ok('mutation { upsertUser(input: {identifier: "fav"}) { id } }'))["upsertUser"]["id"]
+    thread_id, favorite, plain, foreign = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    await api.ok(
+        "mutation($t: ID!, $u: ID!) { upsertThread(input: {id: $t, userId: $u}) { id } }", t=thread_id, u=user
+    )
+    await upsert_step(api, id=favorite, threadId=thread_id, metadata={"favorite": True})
+    await upsert_step(api, id=plain, threadId=thread_id, metadata={"favorite": False})
+    await upsert_step(api, id=foreign, threadId=new_uuid(), metadata={"favorite": True})
+    data = await api.ok(
+        "query($u: ID) { favoriteSteps(userId: $u) { totalCount edges { node { id } } } }", u=user
+    )
+    assert [edge["node"]["id"] for edge in data["favoriteSteps"]["edges"]] == [favorite]
+    assert data["favoriteSteps"]["totalCount"] == 1

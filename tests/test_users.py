@@ -1,0 +1,79 @@
+"""Users: upserted by identifier, looked up by id or identifier, listed and searched."""
+
+from tests.conftest import Api, new_uuid
+
+UPSERT_USER = """
+mutation($input: UserInput!) { upsertUser(input: $input) { id identifier metadata createdAt } }"""
+
+
+async def test_upsert_by_identifier_is_idempotent_and_merges_metadata(api: Api) -> None:
+    first = await api.ok(UPSERT_USER, input={"identifier": "ada", "metadata": {"role": "admin", "x": 1}})
+    again = await api.ok(UPSERT_USER, input={"identifier": "ada", "metadata": {"x": None, "plan": "pro"}})
+    assert again["upsertUser"]["id"] == first["upsertUser"]["id"]
+    assert again["upsertUser"]["metadata"] == {"role": "admin", "plan": "pro"}
+    assert again["upsertUser"]["createdAt"] == first["upsertUser"]["createdAt"]
+    retried = await api.ok(UPSERT_USER, input={"identifier": "ada", "metadata": {"x": None, "plan": "pro"}})
+    assert retried == again
+
+
+async def test_client_chosen_id_and_rename(api: Api) -> None:
+    user_id = new_uuid()
+    created = await api.ok(UPSERT_USER, input={"id": user_id, "identifier": "old@example.com"})
+    assert created["upsertUser"]["id"] == user_id
+    renamed = await api.ok(UPSERT_USER, input={"id": user_id, "identifier": "new@example.com"})
+    assert renamed["upsertUser"]["identifier"] == "new@example.com"
+    found = await api.ok('{ user(identifier: "new@example.com") { id } }')
+    assert found["user"]["id"] == user_id
+    assert (await api.ok('{ user(identifier: "old@example.com") { id } }'))["user"] is None
+
+
+async def test_identifier_of_another_user_is_a_conflict(api: Api) -> None:
+    await api.ok(UPSERT_USER, input={"identifier": "taken"})
+    other = new_uuid()
+    await api.ok(UPSERT_USER, input={"id": other, "identifier": "mine"})
+    assert await api.code(UPSERT_USER, input={"id": other, "identifier": "taken"}) == "CONFLICT"
+    assert await api.code(UPSERT_USER, input={"id": new_uuid(), "identifier": "taken"}) == "CONFLICT"
+    assert (await api.ok('{ user(identifier: "mine") { id } }'))["user"]["id"] == other
+
+
+async def test_user_lookup_needs_exactly_one_key_and_viewer_is_null_without_auth(api: Api) -> None:
+    assert await api.code("{ user { id } }") == "BAD_USER_INPUT"
+    assert (await api.ok("{ viewer { id } }"))["viewer"] is None
+    assert (await api.ok(f'{{ user(id: "{new_uuid()}") {{ id }} }}'))["user"] is None
+
+
+async def test_users_are_listed_by_identifier_and_searched_in_any_case(api: Api) -> None:
+    for identifier in ("carol@Example.com", "alice@example.com", "bob@other.org"):
+        await api.ok(UPSERT_USER, input={"identifier": identifier})
+    listed = await api.ok(
+        "{ users(first: 2) { totalCount pageInfo { hasNextPage endCursor } edges { node { identifier } } } }"
+    )
+    page = listed["users"]
+    assert [edge["node"]["identifier"] for edge in page["edges"]] == ["alice@example.com", "bob@other.org"]
+    assert page["totalCount"] == 3 and page["pageInfo"]["hasNextPage"] is True
+    rest = await api.ok(
+        "query($after: String) { users(first: 2, after: $after) { edges { node { identifier } } } }",
+        after=page["pageInfo"]["endCursor"],
+    )
+    assert [edge["node"]["identifier"] for edge in rest["users"]["edges"]] == ["carol@Example.com"]
+    searched = await api.ok('{ users(search: "EXAMPLE") { edges { node { identifier } } } }')
+    assert {edge["node"]["identifier"] for edge in searched["users"]["edges"]} == {
+        "alice@example.com",
+        "carol@Example.com",
+    }
+
+
+async def test_thread_owner_is_resolved(api: Api) -> None:
+    user_id = (await api.ok(UPSERT_USER, input={"identifier": "owner"}))["upsertUser"]["id"]
+    thread_id = new_uuid()
+    await api.ok(
+        'mutation($t: ID!) { upsertThread(input: {id: $t, userIdentifier: "owner"}) { id } }', t=thread_id
+    )
+    data = await api.ok(
+        "query($t: ID!) { thread(id: $t) { userId userIdentifier user { id identifier } } }", t=thread_id
+    )
+    assert data["thread"] == {
+        "userId": user_id,
+        "userIdentifier": "owner",
+        "user": {"id": user_id, "identifier": "owner"},
+    }
