@@ -182,7 +182,8 @@ def _pg_tags_contain_all(element: TAGS_CONTAIN_ALL, compiler: SQLCompiler, **kw:
 def _pg_json_merge(element: JSON_MERGE, compiler: SQLCompiler, **kw: Any) -> str:
     column, patch = _rendered(element, compiler, **kw)
     return (
-        f"(SELECT (COALESCE({column}, '{{}}'::jsonb)"
+        # Rows written by others may hold no object (SQL NULL, JSON null): merge into {} then.
+        f"(SELECT ((CASE WHEN jsonb_typeof({column}) = 'object' THEN {column} ELSE '{{}}'::jsonb END)"
         " - ARRAY(SELECT key FROM jsonb_each(gateway_patch.doc) WHERE jsonb_typeof(value) = 'null'))"
         " || COALESCE((SELECT jsonb_object_agg(key, value) FROM jsonb_each(gateway_patch.doc)"
         " WHERE jsonb_typeof(value) <> 'null'), '{}'::jsonb)"

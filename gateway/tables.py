@@ -37,8 +37,9 @@ class UUIDText(sa.types.TypeDecorator[str]):
         return None if value is None else str(value)
 
 
-JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-TagList = sa.JSON().with_variant(postgresql.ARRAY(sa.Text()), "postgresql")
+# None is stored as SQL NULL, not as the JSON value null, so "no value" has one representation.
+JSONDocument = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+TagList = sa.JSON(none_as_null=True).with_variant(postgresql.ARRAY(sa.Text()), "postgresql")
 
 
 class User(SQLModel, table=True):

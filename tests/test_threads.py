@@ -3,7 +3,9 @@
 import asyncio
 
 import pytest
+import sqlalchemy as sa
 
+from gateway.database import Database
 from tests.conftest import Api, new_uuid
 
 UPSERT_THREAD = """
@@ -207,3 +209,31 @@ async def test_delete_thread_removes_its_steps_elements_and_feedback(api: Api) -
     assert feedback["upsertFeedback"]["id"]
     assert await listed(api) == [other_thread]
     assert await api.code("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id) == "NOT_FOUND"
+
+
+async def test_steps_written_by_another_app_move_their_thread_too(api: Api, db: Database) -> None:
+    """A Chainlit app may keep writing to the same database; its step writes are activity too."""
+    older, newer = new_uuid(), new_uuid()
+    await upsert_thread(api, id=older, name="older")
+    await asyncio.sleep(0.01)
+    await upsert_thread(api, id=newer, name="newer")
+    assert await listed(api) == [newer, older]
+    await asyncio.sleep(0.01)
+    step_id = new_uuid()
+    async with db.transaction() as session:
+        await session.execute(
+            sa.text(
+                'INSERT INTO steps (id, name, type, "threadId", streaming, "createdAt") '
+                "VALUES (:id, 'user', 'user_message', :thread, false, '2026-01-01T00:00:00.000Z')"
+            ),
+            {"id": step_id, "thread": older},
+        )
+    assert await listed(api) == [older, newer]
+    await asyncio.sleep(0.01)
+    async with db.transaction() as session:
+        await session.execute(sa.text("DELETE FROM steps WHERE id = :id"), {"id": step_id})
+    await asyncio.sleep(0.01)
+    await upsert_thread(api, id=newer, name="newer, renamed")
+    assert await listed(api) == [newer, older]
+    await api.ok(UPSERT_STEP, input={"id": new_uuid(), "threadId": older, "output": "x"})
+    assert await listed(api) == [older, newer]

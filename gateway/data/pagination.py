@@ -18,6 +18,8 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement, KeyedColumnElement
 
 from gateway.errors import BadUserInput
+from gateway.ids import normalize_id
+from gateway.tables import UUIDText
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -93,13 +95,21 @@ class Ordering:
                 f"`{argument}` is a cursor of another list or order ({name}), not of {self.name}",
                 argument=argument,
             )
+        # Every sort key is text or a UUID, never NULL (the migrations back-fill the legacy NULLs).
         if (
             not isinstance(values, list)
             or len(values) != len(self.columns)
-            or not all(value is None or isinstance(value, (str, int)) for value in values)
+            or not all(isinstance(value, str) and "\x00" not in value for value in values)
         ):
             raise BadUserInput(f"`{argument}` is not a valid cursor", argument=argument)
-        return values
+        try:
+            # A forged cursor must fail here, not as a database error on a value its column cannot hold.
+            return [
+                normalize_id(value) if isinstance(column.type, UUIDText) else value
+                for value, column in zip(values, self.columns, strict=True)
+            ]
+        except ValueError as error:
+            raise BadUserInput(f"`{argument}` is not a valid cursor", argument=argument) from error
 
     def order_by(self, reverse: bool = False) -> list[ColumnElement[Any]]:
         descending = self.descending != reverse

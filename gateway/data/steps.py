@@ -26,7 +26,7 @@ from gateway.data.pagination import (
     fetch_page,
     fetch_pages_by_parent,
 )
-from gateway.data.threads import ensure_thread, touch_thread
+from gateway.data.threads import ensure_thread
 from gateway.errors import BadUserInput, Conflict, NotFound
 from gateway.jsonops import sql_json_contains
 from gateway.tables import Step, elements_table, feedbacks_table, steps_table, threads_table
@@ -155,7 +155,7 @@ async def upsert_step(
 ) -> Step:
     """Create the step, or change only the fields given, atomically (`INSERT .. ON CONFLICT`), so an
     update racing the create of the same step loses nothing. With a `threadId`, a missing thread is
-    created. The thread's `updatedAt` moves only when the step really changed."""
+    created. A database trigger moves the thread's `updatedAt` when the step row really changes."""
     fields = given(changes)
     if fields.get("parentId") == step_id:
         raise BadUserInput("a step cannot be its own parent", field="parentId")
@@ -198,9 +198,7 @@ async def upsert_step(
                 f"step {step_id} belongs to thread {step.threadId}, not {thread_id}", field="threadId"
             )
         return step
-    step = from_row(Step, row)
-    await touch_thread(session, thread_id=step.threadId, now=now)
-    return step  # type: ignore[no-any-return]
+    return from_row(Step, row)  # type: ignore[no-any-return]
 
 
 async def _existing_step(session: AsyncSession, step_id: str) -> Step:
@@ -210,7 +208,7 @@ async def _existing_step(session: AsyncSession, step_id: str) -> Step:
     return step
 
 
-async def append_step_output(session: AsyncSession, *, step_id: str, delta: str, now: str) -> Step:
+async def append_step_output(session: AsyncSession, *, step_id: str, delta: str) -> Step:
     """Append streamed tokens in the database itself, so concurrent appends all land."""
     statement = (
         sa.update(steps_table)
@@ -221,12 +219,10 @@ async def append_step_output(session: AsyncSession, *, step_id: str, delta: str,
     row = (await session.execute(statement)).one_or_none()
     if row is None:
         raise NotFound(f"step {step_id} does not exist", field="id")
-    step: Step = from_row(Step, row)
-    await touch_thread(session, thread_id=step.threadId, now=now)
-    return step
+    return from_row(Step, row)  # type: ignore[no-any-return]
 
 
-async def delete_step(session: AsyncSession, *, step_id: str, now: str) -> list[str]:
+async def delete_step(session: AsyncSession, *, step_id: str) -> list[str]:
     """Delete the step, its descendants, and their feedback and elements; returns object keys."""
     step = await _existing_step(session, step_id)
     tree = sa.select(steps_table.c.id).where(steps_table.c.id == step_id).cte("subtree", recursive=True)
@@ -248,5 +244,4 @@ async def delete_step(session: AsyncSession, *, step_id: str, now: str) -> list[
         .all()
     )
     await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
-    await touch_thread(session, thread_id=step.threadId, now=now)
     return [key for key in object_keys if key]

@@ -174,15 +174,6 @@ async def ensure_thread(session: AsyncSession, *, thread_id: str, now: str) -> N
     await session.execute(statement.on_conflict_do_nothing(index_elements=[threads_table.c.id]))
 
 
-async def touch_thread(session: AsyncSession, *, thread_id: str, now: str) -> None:
-    """Move the thread's last activity to now (never backwards)."""
-    await session.execute(
-        sa.update(threads_table)
-        .where(threads_table.c.id == thread_id, threads_table.c.updatedAt < now)
-        .values(updatedAt=now)
-    )
-
-
 async def delete_thread(session: AsyncSession, *, thread_id: str) -> list[str]:
     """Delete the thread with its steps, elements and feedback; returns the stored objects' keys.
 

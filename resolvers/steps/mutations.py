@@ -130,7 +130,7 @@ class StepMutations:
     async def append_step_output(self, info: Info, id: strawberry.ID, delta: str) -> Step:
         step_id = parse_id(id, "id")
         async with info.context.write() as session:
-            row = await steps.append_step_output(session, step_id=step_id, delta=delta, now=utc_now())
+            row = await steps.append_step_output(session, step_id=step_id, delta=delta)
         return Step.from_row(row)
 
     @strawberry.mutation(
@@ -179,5 +179,5 @@ class StepMutations:
     async def delete_step(self, info: Info, id: strawberry.ID) -> DeletePayload:
         step_id = parse_id(id, "id")
         async with info.context.write() as session:
-            await steps.delete_step(session, step_id=step_id, now=utc_now())
+            await steps.delete_step(session, step_id=step_id)
         return DeletePayload(id=strawberry.ID(step_id))

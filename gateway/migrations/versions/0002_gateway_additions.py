@@ -120,6 +120,12 @@ def upgrade() -> None:
         '(SELECT MAX(s."createdAt") FROM steps s WHERE s."threadId" = threads.id), '
         f'threads."createdAt", {now}) WHERE "updatedAt" IS NULL'
     )
+    # Sort keys are never NULL: a thread without a creation time was created by its first step.
+    op.execute(
+        'UPDATE threads SET "createdAt" = COALESCE('
+        '(SELECT MIN(s."createdAt") FROM steps s WHERE s."threadId" = threads.id), '
+        '"updatedAt") WHERE "createdAt" IS NULL'
+    )
     op.execute(
         'UPDATE elements SET "createdAt" = COALESCE('
         '(SELECT s."createdAt" FROM steps s WHERE s.id = elements."forId"), '
