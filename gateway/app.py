@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from cross_web import HTTPException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -54,6 +55,21 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
     def __init__(self, db: Database, **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
         self.db = db
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Requests that are no GraphQL request (no query, a body that is not JSON, variables that
+        are not an object) get a GraphQL error with a code too, not strawberry's plain text."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as error:
+            response = JSONResponse(
+                {"errors": [{"message": error.reason, "extensions": {"code": "BAD_USER_INPUT"}}]},
+                status_code=error.status_code,
+            )
+        await response(scope, receive, send)
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

@@ -80,10 +80,11 @@ class ErrorCodes(SchemaExtension):
         if isinstance(original, GatewayError):
             return _with_code(error, original.message, original.code, original.extensions)
         if original is None or error.path is None:
-            # Requests the server could not run: syntax, validation, variables that do not fit.
+            # Requests the server could not run: syntax, validation, values that do not fit (a
+            # literal or variable its scalar refused is bad input, whichever way it was sent).
             if self.execution_context.graphql_document is None:
                 code = "GRAPHQL_PARSE_FAILED"
-            elif id(error) in self._validation_errors:
+            elif id(error) in self._validation_errors and original is None:
                 code = "GRAPHQL_VALIDATION_FAILED"
             else:
                 code = "BAD_USER_INPUT"
