@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import GraphQLError, StringValueNode, visit
+from graphql import GraphQLError, OperationDefinitionNode, StringValueNode, visit
 from graphql.language import Visitor
 from strawberry.extensions import SchemaExtension
 
@@ -35,17 +35,28 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-class RejectNulBytes(SchemaExtension):
-    """PostgreSQL cannot store NUL in text or JSON; SQLite would store it. Refuse it everywhere,
-    in literals and variables alike, so both databases answer the same."""
+class RequestChecks(SchemaExtension):
+    """Refuse, before anything runs:
+    - strings holding NUL: PostgreSQL cannot store them, SQLite would; refused in literals and
+      variables alike, so both databases answer the same;
+    - a document of several operations without `operationName` (the GraphQL specification's
+      rule; strawberry would run the first)."""
 
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context
+        problem: str | None = None
+        document = context.graphql_document
         literals = _StringLiterals()
-        if context.graphql_document is not None:
-            visit(context.graphql_document, literals)
+        if document is not None:
+            visit(document, literals)
+            operations = [item for item in document.definitions if isinstance(item, OperationDefinitionNode)]
+            # `operation_name` falls back to the first operation's name; only what was sent counts.
+            if len(operations) > 1 and context._provided_operation_name is None:
+                problem = "the document has several operations: say which to run with `operationName`"
         if literals.has_nul or _has_nul(context.variables or {}):
-            error = BadUserInput("strings must not contain NUL (\\u0000) characters")
+            problem = "strings must not contain NUL (\\u0000) characters"
+        if problem is not None:
+            error = BadUserInput(problem)
             context.result = GraphQLExecutionResult(
                 data=None, errors=[GraphQLError(error.message, original_error=error)]
             )

@@ -9,7 +9,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from resolvers.elements.queries import ElementQueries
-from resolvers.extensions import ErrorCodes, RejectNulBytes
+from resolvers.extensions import ErrorCodes, RequestChecks
 from resolvers.feedback.mutations import FeedbackMutations
 from resolvers.scalars import SCALARS
 from resolvers.steps.mutations import StepMutations
@@ -34,7 +34,7 @@ def build_schema(**kwargs: Any) -> strawberry.Schema:
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
-        extensions=[ErrorCodes, RejectNulBytes],
+        extensions=[ErrorCodes, RequestChecks],
         config=StrawberryConfig(scalar_map=SCALARS),
         **kwargs,
     )

@@ -1001,3 +1001,13 @@ async def test_client_errors_are_not_logged_as_incidents(api: Api, caplog: pytes
     await api.error("{ nope }")
     await api.error("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=new_uuid())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_several_operations_need_an_operation_name(api: Api) -> None:
+    document = 'query A { viewer { id } } mutation B { upsertUser(input: {identifier: "sneaky"}) { id } }'
+    error = await api.error(document)
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "operationName" in error["message"]
+    response = await api.http.post("/graphql", json={"query": document, "operationName": "A"})
+    assert response.json() == {"data": {"viewer": None}}
+    assert (await api.ok('{ user(identifier: "sneaky") { id } }'))["user"] is None
