@@ -1,11 +1,14 @@
 """Relay connections: `edges { cursor node }`, `pageInfo`, and `totalCount` counted only when asked."""
 
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+from strawberry.dataloader import DataLoader
 
 from gateway.data.pagination import Page, PageRequest
+from gateway.database import Database
 
 Node = TypeVar("Node")
 Row = TypeVar("Row")
@@ -61,3 +64,35 @@ def page_request(
     first: int | None = None, after: str | None = None, last: int | None = None, before: str | None = None
 ) -> PageRequest:
     return PageRequest.build(first=first, after=after, last=last, before=before)
+
+
+async def list_connection(
+    db: Database,
+    *,
+    fetch: Callable[[AsyncSession], Awaitable[Page[Row]]],
+    count: Callable[[AsyncSession], Awaitable[int]],
+    node: Callable[[Row], Node],
+) -> Connection[Node]:
+    """A top-level list: one statement for the page, one more only if `totalCount` is selected."""
+    async with db.session() as session:
+        page = await fetch(session)
+
+    async def total() -> int:
+        async with db.session() as session:
+            return await count(session)
+
+    return connection_from_page(page, node, total)
+
+
+async def nested_connection(
+    pages: DataLoader[tuple[str, Any], Page[Row]],
+    counts: DataLoader[tuple[str, Any], int],
+    *,
+    parent_id: str,
+    page_params: Hashable,
+    count_params: Hashable = None,
+    node: Callable[[Row], Node],
+) -> Connection[Node]:
+    """A list under each parent (a thread's steps): batched with its siblings by the loaders."""
+    page = await pages.load((parent_id, page_params))
+    return connection_from_page(page, node, lambda: counts.load((parent_id, count_params)))

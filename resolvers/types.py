@@ -7,7 +7,7 @@ import strawberry
 
 from gateway import tables
 from gateway.data.steps import StepFilter
-from resolvers.connection import Connection, connection_from_page, page_request
+from resolvers.connection import Connection, nested_connection, page_request
 from resolvers.context import Info
 from resolvers.scalars import DateTime, JSONObject
 
@@ -90,12 +90,15 @@ class Thread:
         before: Before = None,
         filter_: Annotated[StepFilterInput | None, strawberry.argument(name="filter")] = None,
     ) -> Connection["Step"]:
-        request = page_request(first, after, last, before)
         step_filter = filter_.to_filter() if filter_ else StepFilter()
         loaders = info.context.loaders
-        page = await loaders.steps_of_thread.load((self.id, (request, step_filter)))
-        return connection_from_page(
-            page, Step.from_row, lambda: loaders.step_count_of_thread.load((self.id, step_filter))
+        return await nested_connection(
+            loaders.steps_of_thread,
+            loaders.step_count_of_thread,
+            parent_id=self.id,
+            page_params=(page_request(first, after, last, before), step_filter),
+            count_params=step_filter,
+            node=Step.from_row,
         )
 
     @strawberry.field(description="The thread's elements (attachments), oldest first.")
@@ -108,9 +111,12 @@ class Thread:
         before: Before = None,
     ) -> Connection["Element"]:
         loaders = info.context.loaders
-        page = await loaders.elements_of_thread.load((self.id, page_request(first, after, last, before)))
-        return connection_from_page(
-            page, Element.from_row, lambda: loaders.element_count_of_thread.load((self.id, None))
+        return await nested_connection(
+            loaders.elements_of_thread,
+            loaders.element_count_of_thread,
+            parent_id=self.id,
+            page_params=page_request(first, after, last, before),
+            node=Element.from_row,
         )
 
     @strawberry.field(description="Feedback given on the thread's steps.")
@@ -123,9 +129,12 @@ class Thread:
         before: Before = None,
     ) -> Connection["Feedback"]:
         loaders = info.context.loaders
-        page = await loaders.feedbacks_of_thread.load((self.id, page_request(first, after, last, before)))
-        return connection_from_page(
-            page, Feedback.from_row, lambda: loaders.feedback_count_of_thread.load((self.id, None))
+        return await nested_connection(
+            loaders.feedbacks_of_thread,
+            loaders.feedback_count_of_thread,
+            parent_id=self.id,
+            page_params=page_request(first, after, last, before),
+            node=Feedback.from_row,
         )
 
 
@@ -207,9 +216,12 @@ class Step:
         before: Before = None,
     ) -> Connection["Step"]:
         loaders = info.context.loaders
-        page = await loaders.children_of_step.load((self.id, page_request(first, after, last, before)))
-        return connection_from_page(
-            page, Step.from_row, lambda: loaders.child_count_of_step.load((self.id, None))
+        return await nested_connection(
+            loaders.children_of_step,
+            loaders.child_count_of_step,
+            parent_id=self.id,
+            page_params=page_request(first, after, last, before),
+            node=Step.from_row,
         )
 
     @strawberry.field(description="The feedback on this step, if any (one per step).")

@@ -1,7 +1,7 @@
 import strawberry
 
 from gateway.data import steps
-from resolvers.connection import Connection, connection_from_page, page_request
+from resolvers.connection import Connection, list_connection, page_request
 from resolvers.context import Info
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.types import After, PageSize, Step
@@ -22,12 +22,9 @@ class StepQueries:
     ) -> Connection[Step]:
         owner = parse_optional_id(user_id, "userId")
         request = page_request(first, after)
-        db = info.context.db
-        async with db.session() as session:
-            page = await steps.list_favorite_steps(session, user_id=owner, request=request)
-
-        async def count() -> int:
-            async with db.session() as session:
-                return await steps.count_favorite_steps(session, user_id=owner)
-
-        return connection_from_page(page, Step.from_row, count)
+        return await list_connection(
+            info.context.db,
+            fetch=lambda session: steps.list_favorite_steps(session, user_id=owner, request=request),
+            count=lambda session: steps.count_favorite_steps(session, user_id=owner),
+            node=Step.from_row,
+        )

@@ -7,7 +7,7 @@ import strawberry
 from gateway.data import threads
 from gateway.data.threads import ThreadFilter
 from gateway.errors import BadUserInput
-from resolvers.connection import Connection, connection_from_page, page_request
+from resolvers.connection import Connection, list_connection, page_request
 from resolvers.context import Info
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import DateTime, JSONObject
@@ -87,18 +87,15 @@ class ThreadQueries:
         request = page_request(first, after, last, before)
         thread_filter = filter_.to_filter() if filter_ else ThreadFilter()
         order = order_by or ThreadOrder()
-        db = info.context.db
-        async with db.session() as session:
-            page = await threads.list_threads(
+        return await list_connection(
+            info.context.db,
+            fetch=lambda session: threads.list_threads(
                 session,
                 thread_filter=thread_filter,
                 request=request,
                 order_field=order.field.value,
                 descending=order.direction is OrderDirection.DESC,
-            )
-
-        async def count() -> int:
-            async with db.session() as session:
-                return await threads.count_threads(session, thread_filter=thread_filter)
-
-        return connection_from_page(page, Thread.from_row, count)
+            ),
+            count=lambda session: threads.count_threads(session, thread_filter=thread_filter),
+            node=Thread.from_row,
+        )

@@ -4,7 +4,7 @@ import strawberry
 
 from gateway.data import users
 from gateway.errors import BadUserInput
-from resolvers.connection import Connection, connection_from_page, page_request
+from resolvers.connection import Connection, list_connection, page_request
 from resolvers.context import Info
 from resolvers.ids import parse_id
 from resolvers.types import After, Before, PageSize, PageSizeFromEnd, User
@@ -42,12 +42,9 @@ class UserQueries:
         ] = None,
     ) -> Connection[User]:
         request = page_request(first, after, last, before)
-        db = info.context.db
-        async with db.session() as session:
-            page = await users.list_users(session, request=request, search=search)
-
-        async def count() -> int:
-            async with db.session() as session:
-                return await users.count_users(session, search=search)
-
-        return connection_from_page(page, User.from_row, count)
+        return await list_connection(
+            info.context.db,
+            fetch=lambda session: users.list_users(session, request=request, search=search),
+            count=lambda session: users.count_users(session, search=search),
+            node=User.from_row,
+        )
