@@ -237,3 +237,37 @@ async def test_steps_written_by_another_app_move_their_thread_too(api: Api, db: 
     assert await listed(api) == [newer, older]
     await api.ok(UPSERT_STEP, input={"id": new_uuid(), "threadId": older, "output": "x"})
     assert await listed(api) == [older, newer]
+
+
+async def test_threads_another_app_writes_without_times_still_page(api: Api, db: Database) -> None:
+    """Chainlit's update_thread inserts no createdAt when it merges metadata; NULL sort keys would
+    have no place in a keyset page (skipped, or a cursor that cannot be used)."""
+    ours = new_uuid()
+    await upsert_thread(api, id=ours, name="ours")
+    theirs = [new_uuid(), new_uuid()]
+    async with db.transaction() as session:
+        await session.execute(
+            sa.text("INSERT INTO threads (id, name) VALUES (:id, 'no times')"), {"id": theirs[0]}
+        )
+        await session.execute(
+            sa.text('INSERT INTO threads (id, "createdAt", "updatedAt") VALUES (:id, NULL, NULL)'),
+            {"id": theirs[1]},
+        )
+    for order in ({"field": "CREATED_AT", "direction": "DESC"}, {"field": "UPDATED_AT", "direction": "ASC"}):
+        seen: list[str] = []
+        after = None
+        for _ in range(5):
+            data = await api.ok(
+                "query($after: String, $order: ThreadOrder) { "
+                "threads(first: 1, after: $after, orderBy: $order) { totalCount "
+                "pageInfo { hasNextPage endCursor } edges { node { id createdAt updatedAt } } } }",
+                after=after,
+                order=order,
+            )
+            page = data["threads"]
+            assert all(edge["node"]["createdAt"] and edge["node"]["updatedAt"] for edge in page["edges"])
+            seen += [edge["node"]["id"] for edge in page["edges"]]
+            if not page["pageInfo"]["hasNextPage"]:
+                break
+            after = page["pageInfo"]["endCursor"]
+        assert sorted(seen) == sorted([ours, *theirs]) and page["totalCount"] == 3

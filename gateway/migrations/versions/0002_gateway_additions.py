@@ -31,6 +31,7 @@ INDEXES: list[tuple[str, str, list[str], bool]] = [
     ("ix_threads_userId_updatedAt_id", "threads", ["userId", "updatedAt", "id"], False),
     ("ix_threads_updatedAt_id", "threads", ["updatedAt", "id"], False),
     ("ix_threads_createdAt_id", "threads", ["createdAt", "id"], False),
+    ("ix_threads_userId_createdAt_id", "threads", ["userId", "createdAt", "id"], False),
     ("ix_steps_threadId_createdAt_id", "steps", ["threadId", "createdAt", "id"], False),
     ("ix_steps_parentId", "steps", ["parentId"], False),
     ("ix_elements_threadId_createdAt_id", "elements", ["threadId", "createdAt", "id"], False),
@@ -53,35 +54,36 @@ def _add_missing_columns(table: str, columns: list[sa.Column[Any]]) -> None:
 
 
 def _keep_one_feedback_per_step() -> None:
-    """Chainlit allowed several feedback rows for one step; the unique index allows one. The extra
-    rows move to `gateway_feedback_duplicates`, so none is lost."""
+    """Chainlit allowed several feedback rows for one step; the unique index allows one. The one
+    kept has a comment if any does; the others move to `gateway_feedback_duplicates`, so none is
+    lost. One window-function pass finds them (no per-row subquery: fine on millions of rows)."""
     bind = op.get_bind()
-    duplicates = (
-        bind.execute(
-            sa.text(
-                "SELECT f.id FROM feedbacks f WHERE EXISTS (SELECT 1 FROM feedbacks g "
-                'WHERE g."forId" = f."forId" AND CAST(g.id AS TEXT) > CAST(f.id AS TEXT))'
-            )
-        )
-        .scalars()
-        .all()
+    extra = (
+        'SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY "forId" '
+        "ORDER BY (comment IS NULL), CAST(id AS TEXT) DESC) AS position FROM feedbacks) ranked "
+        "WHERE position > 1"
     )
+    duplicates = bind.execute(sa.text(f"SELECT count(*) FROM ({extra}) extra")).scalar_one()
     if not duplicates:
         return
-    logger.warning("moving %d duplicate feedback rows to gateway_feedback_duplicates", len(duplicates))
+    logger.warning("moving %d duplicate feedback rows to gateway_feedback_duplicates", duplicates)
     bind.execute(
         sa.text(
             "CREATE TABLE IF NOT EXISTS gateway_feedback_duplicates AS SELECT * FROM feedbacks WHERE 1 = 0"
         )
     )
-    condition = (
-        'EXISTS (SELECT 1 FROM feedbacks g WHERE g."forId" = feedbacks."forId" '
-        "AND CAST(g.id AS TEXT) > CAST(feedbacks.id AS TEXT))"
-    )
     bind.execute(
-        sa.text(f"INSERT INTO gateway_feedback_duplicates SELECT * FROM feedbacks WHERE {condition}")
+        sa.text(f"INSERT INTO gateway_feedback_duplicates SELECT * FROM feedbacks WHERE id IN ({extra})")
     )
-    bind.execute(sa.text(f"DELETE FROM feedbacks WHERE {condition}"))
+    bind.execute(sa.text(f"DELETE FROM feedbacks WHERE id IN ({extra})"))
+
+
+def _create_indexes(tables: tuple[str, ...]) -> None:
+    bind = op.get_bind()
+    existing = {index["name"] for table in tables for index in sa.inspect(bind).get_indexes(table)}
+    for name, table, columns, unique in INDEXES:
+        if table in tables and name not in existing:
+            op.create_index(name, table, columns, unique=unique)
 
 
 def upgrade() -> None:
@@ -109,7 +111,9 @@ def upgrade() -> None:
     )
     _add_missing_columns("threads", [sa.Column("updatedAt", sa.Text())])
 
-    # Back-fill: a thread's last activity is its newest step, else its creation.
+    # The back-fills below look steps up by thread: index them first, or each is a full scan.
+    _create_indexes(("steps", "elements"))
+    # Back-fill the sort keys: a thread's last activity is its newest step, else its creation.
     op.execute(
         'UPDATE steps SET "createdAt" = COALESCE(steps."start", '
         '(SELECT t."createdAt" FROM threads t WHERE t.id = steps."threadId"), '
@@ -120,7 +124,7 @@ def upgrade() -> None:
         '(SELECT MAX(s."createdAt") FROM steps s WHERE s."threadId" = threads.id), '
         f'threads."createdAt", {now}) WHERE "updatedAt" IS NULL'
     )
-    # Sort keys are never NULL: a thread without a creation time was created by its first step.
+    # A thread without a creation time was created by its first step.
     op.execute(
         'UPDATE threads SET "createdAt" = COALESCE('
         '(SELECT MIN(s."createdAt") FROM steps s WHERE s."threadId" = threads.id), '
@@ -132,31 +136,25 @@ def upgrade() -> None:
         '(SELECT t."createdAt" FROM threads t WHERE t.id = elements."threadId"), '
         f"'{EPOCH}') WHERE \"createdAt\" IS NULL"
     )
-    # Rows a Chainlit app writes after the migration get a value too.
     if on_postgres:
-        op.execute(f'ALTER TABLE threads ALTER COLUMN "updatedAt" SET DEFAULT {now}')
+        # Rows a Chainlit app inserts later without these columns get a value (explicit NULLs
+        # are filled by the triggers of revision 0003, which SQLite needs for all of them).
         op.execute('ALTER TABLE threads ALTER COLUMN "updatedAt" SET NOT NULL')
-        op.execute(f'ALTER TABLE elements ALTER COLUMN "createdAt" SET DEFAULT {now}')
-    else:
-        # SQLite cannot add a column with a computed default; a trigger fills it instead.
-        op.execute(
-            "CREATE TRIGGER IF NOT EXISTS threads_updated_at_default AFTER INSERT ON threads "
-            'WHEN NEW."updatedAt" IS NULL BEGIN '
-            f'UPDATE threads SET "updatedAt" = COALESCE(NEW."createdAt", {now}) WHERE id = NEW.id; END'
-        )
+        for table, column in (
+            ("threads", "updatedAt"),
+            ("threads", "createdAt"),
+            ("steps", "createdAt"),
+            ("elements", "createdAt"),
+        ):
+            op.execute(f'ALTER TABLE {table} ALTER COLUMN "{column}" SET DEFAULT {now}')
 
     _keep_one_feedback_per_step()
-    existing_indexes = {
-        index["name"]
-        for table in ("threads", "steps", "elements", "feedbacks")
-        for index in sa.inspect(bind).get_indexes(table)
-    }
-    for name, table, columns, unique in INDEXES:
-        if name not in existing_indexes:
-            op.create_index(name, table, columns, unique=unique)
-
+    _create_indexes(("threads", "feedbacks"))
     if on_postgres:
-        _create_trigram_indexes(existing_indexes)
+        existing = {
+            index["name"] for table in ("threads", "steps") for index in sa.inspect(bind).get_indexes(table)
+        }
+        _create_trigram_indexes(existing)
 
 
 def _create_trigram_indexes(existing_indexes: set[str | None]) -> None:
