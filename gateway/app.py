@@ -24,7 +24,7 @@ from resolvers.schema import schema
 
 logger = logging.getLogger("gateway")
 
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class RequestIdMiddleware:
@@ -40,7 +40,7 @@ class RequestIdMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SAFE_REQUEST_ID.match(given) else new_id()
+        request_id = given if _SAFE_REQUEST_ID.fullmatch(given) else new_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
@@ -65,9 +65,16 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         try:
             response = await self.run(Request(scope=scope, receive=receive))
         except HTTPException as error:
-            response = JSONResponse(
-                {"errors": [{"message": error.reason, "extensions": {"code": "BAD_USER_INPUT"}}]},
-                status_code=error.status_code,
+            response = _error_response(error.reason, "BAD_USER_INPUT", error.status_code)
+        except Exception:
+            # Whatever escaped the schema's own handling (e.g. a body nested too deep to decode).
+            request_id = scope["state"]["request_id"]
+            logger.exception("unexpected error outside GraphQL execution (request %s)", request_id)
+            response = _error_response(
+                f"Internal server error. Quote request id {request_id} when reporting it.",
+                "INTERNAL_SERVER_ERROR",
+                500,
+                requestId=request_id,
             )
         await response(scope, receive, send)
 
@@ -77,6 +84,11 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         return GatewayContext(
             db=self.db, request_id=request.scope["state"]["request_id"], request=request, response=response
         )
+
+
+def _error_response(message: str, code: str, status: int, **extensions: str) -> JSONResponse:
+    body = {"errors": [{"message": message, "extensions": {**extensions, "code": code}}]}
+    return JSONResponse(body, status)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -1,10 +1,7 @@
 """Settings, read from `GATEWAY_*` environment variables and a `.env` file."""
 
-from functools import cached_property
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 
 class Settings(BaseSettings):
@@ -24,7 +21,3 @@ class Settings(BaseSettings):
         default=True, description="apply pending migrations when `gateway serve` starts"
     )
     log_level: str = "INFO"
-
-    @cached_property
-    def is_sqlite(self) -> bool:
-        return make_url(self.database_url).get_backend_name() == "sqlite"

@@ -18,10 +18,11 @@ from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 
 def icontains(haystack: str | None, needle: str | None) -> bool:
-    """Case-insensitive substring test that folds non-ASCII letters too (SQLite's LIKE does not)."""
+    """Case-insensitive substring test for any alphabet (SQLite's LIKE folds ASCII only). It
+    lowercases like PostgreSQL's ILIKE does, so both databases find the same rows."""
     if haystack is None or needle is None:
         return False
-    return needle.casefold() in haystack.casefold()
+    return needle.lower() in haystack.lower()
 
 
 def json_contains(document: Any, pattern: Any) -> bool:

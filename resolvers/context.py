@@ -13,6 +13,8 @@ from gateway.database import Database
 from gateway.errors import Conflict
 from resolvers.loaders import Loaders
 
+RETRYABLE_SQLSTATES = ("40001", "40P01", "55P03")
+
 
 @dataclass
 class GatewayContext:
@@ -37,8 +39,12 @@ class GatewayContext:
         except IntegrityError as error:
             raise Conflict("the write conflicts with existing data (a unique key or reference)") from error
         except DBAPIError as error:
-            if getattr(error.orig, "sqlstate", None) == "40001":  # serialization failure
-                raise Conflict("a concurrent write to the same rows won; retry the request") from error
+            # PostgreSQL picked this transaction as a deadlock victim (40P01), or could not take a
+            # lock (55P03), or a serialization failure (40001): the request is safe to retry.
+            if getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+                raise Conflict(
+                    "a concurrent write to the same rows won; retry the request", retryable=True
+                ) from error
             raise
         finally:
             self.loaders = Loaders(self.db)

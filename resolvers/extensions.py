@@ -13,6 +13,7 @@ from strawberry.extensions import SchemaExtension
 from gateway.errors import BadUserInput, GatewayError
 
 logger = logging.getLogger("gateway.errors")
+NUL_PROBLEM = "strings must not contain NUL (\\u0000) characters"
 
 
 class _StringLiterals(Visitor):
@@ -25,14 +26,28 @@ class _StringLiterals(Visitor):
             self.has_nul = True
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
+MAX_JSON_DEPTH = 64
+
+
+def _variable_problem(variables: Any) -> str | None:
+    """Why the variables cannot be stored, walking them without recursion (a value nested
+    thousands deep must get an answer, not exhaust the stack)."""
+    pending = [(variables, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"values may be nested at most {MAX_JSON_DEPTH} levels deep"
+        if isinstance(value, str):
+            if "\x00" in value:
+                return NUL_PROBLEM
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in str(key):
+                    return NUL_PROBLEM
+                pending.append((item, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+    return None
 
 
 class RequestChecks(SchemaExtension):
@@ -53,8 +68,9 @@ class RequestChecks(SchemaExtension):
             # `operation_name` falls back to the first operation's name; only what was sent counts.
             if len(operations) > 1 and context._provided_operation_name is None:
                 problem = "the document has several operations: say which to run with `operationName`"
-        if literals.has_nul or _has_nul(context.variables or {}):
-            problem = "strings must not contain NUL (\\u0000) characters"
+        if literals.has_nul:
+            problem = NUL_PROBLEM
+        problem = _variable_problem(context.variables or {}) or problem
         if problem is not None:
             error = BadUserInput(problem)
             context.result = GraphQLExecutionResult(

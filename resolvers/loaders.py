@@ -16,6 +16,7 @@ from gateway.data import elements, feedback, steps, threads, users
 from gateway.data.pagination import Page, PageRequest
 from gateway.data.steps import StepFilter
 from gateway.database import Database
+from gateway.errors import GatewayError
 from gateway.tables import Element, Feedback, Step, Thread, User
 
 Value = TypeVar("Value")
@@ -39,14 +40,18 @@ def _grouped(
 ) -> DataLoader[tuple[str, Any], Value]:
     """Keys are (parent id, params); one call per distinct params, for all parents asking it."""
 
-    async def load(keys: list[tuple[str, Any]]) -> list[Value]:
+    async def load(keys: list[tuple[str, Any]]) -> list[Value | BaseException]:
         parents_by_params: dict[Any, list[str]] = defaultdict(list)
         for parent_id, params in keys:
             parents_by_params[params].append(parent_id)
-        results: dict[tuple[str, Any], Value] = {}
+        results: dict[tuple[str, Any], Value | BaseException] = {}
         async with db.session() as session:
             for params, parent_ids in parents_by_params.items():
-                for parent_id, value in (await fetch(session, parent_ids, params)).items():
+                try:
+                    found: dict[str, Value | BaseException] = dict(await fetch(session, parent_ids, params))
+                except GatewayError as error:  # e.g. a bad cursor: only the fields that sent it fail
+                    found = dict.fromkeys(parent_ids, error)
+                for parent_id, value in found.items():
                     results[(parent_id, params)] = value
         return [results[key] for key in keys]
 

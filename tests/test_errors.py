@@ -1011,3 +1011,20 @@ async def test_several_operations_need_an_operation_name(api: Api) -> None:
     response = await api.http.post("/graphql", json={"query": document, "operationName": "A"})
     assert response.json() == {"data": {"viewer": None}}
     assert (await api.ok('{ user(identifier: "sneaky") { id } }'))["user"] is None
+
+
+async def test_values_nested_too_deep_are_refused_with_a_code(api: Api) -> None:
+    deep: dict[str, object] = {}
+    value = deep
+    for _ in range(200):
+        value["k"] = {}
+        value = value["k"]  # type: ignore[assignment]
+    thread_id = new_uuid()
+    response = await api.post(
+        "mutation($id: ID!, $m: JSONObject) { upsertThread(input: {id: $id, metadata: $m}) { id } }",
+        {"id": thread_id, "m": deep},
+    )
+    body = response.json()
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+    assert "nested" in body["errors"][0]["message"]
+    assert (await api.ok("query($id: ID!) { thread(id: $id) { id } }", id=thread_id))["thread"] is None

@@ -223,3 +223,28 @@ async def test_favorite_steps_of_a_user(api: Api) -> None:
     )
     assert [edge["node"]["id"] for edge in data["favoriteSteps"]["edges"]] == [favorite]
     assert data["favoriteSteps"]["totalCount"] == 1
+
+
+async def test_a_batch_without_times_keeps_its_order(api: Api) -> None:
+    thread_id = new_uuid()
+    batch = [{"id": new_uuid(), "threadId": thread_id, "output": f"turn {index}"} for index in range(8)]
+    await api.ok("mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index } }", s=batch)
+    assert await step_ids(api, thread_id) == [step["id"] for step in batch]
+
+
+async def test_a_bad_cursor_fails_only_the_field_that_sent_it(api: Api) -> None:
+    thread_id, step_id = new_uuid(), new_uuid()
+    await upsert_step(api, id=step_id, threadId=thread_id, output="x")
+    response = await api.post(
+        "query($id: ID!) { thread(id: $id) { good: steps(first: 1) { edges { node { id } } } "
+        'bad: steps(after: "garbage") { edges { node { id } } } } }',
+        {"id": thread_id},
+    )
+    body = response.json()
+    assert [error["path"] for error in body["errors"]] == [["thread", "bad"]]
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    good = await api.ok(
+        "query($id: ID!) { thread(id: $id) { good: steps(first: 1) { edges { node { id } } } } }",
+        id=thread_id,
+    )
+    assert good["thread"]["good"]["edges"][0]["node"]["id"] == step_id

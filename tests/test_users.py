@@ -77,3 +77,19 @@ async def test_thread_owner_is_resolved(api: Api) -> None:
         "userIdentifier": "owner",
         "user": {"id": user_id, "identifier": "owner"},
     }
+
+
+async def test_renaming_a_user_renames_the_owner_of_their_threads(api: Api) -> None:
+    user_id = new_uuid()
+    await api.ok(UPSERT_USER, input={"id": user_id, "identifier": "before@example.com"})
+    thread_id = new_uuid()
+    await api.ok(
+        "mutation($t: ID!, $u: ID!) { upsertThread(input: {id: $t, userId: $u}) { id } }",
+        t=thread_id,
+        u=user_id,
+    )
+    await api.ok(UPSERT_USER, input={"id": user_id, "identifier": "after@example.com"})
+    data = await api.ok("query($t: ID!) { thread(id: $t) { userIdentifier } }", t=thread_id)
+    assert data["thread"]["userIdentifier"] == "after@example.com"
+    listed = await api.ok('{ threads(filter: {userIdentifier: "after@example.com"}) { totalCount } }')
+    assert listed["threads"]["totalCount"] == 1

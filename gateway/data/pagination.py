@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement, KeyedColumnElement
 
+from gateway.data.common import dialect_name
 from gateway.errors import BadUserInput
 from gateway.ids import normalize_id
 from gateway.tables import UUIDText
@@ -208,7 +209,7 @@ async def fetch_pages_by_parent(
     """
     conditions = [*where, *cursor_conditions(ordering, request)]
     reading_order = ordering.order_by(reverse=request.backward)
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         parents = (
             sa.func.unnest(sa.bindparam(None, list(parent_ids), postgresql.ARRAY(postgresql.UUID())))
             .table_valued("id")

@@ -23,6 +23,7 @@ from gateway.data.pagination import (
     Page,
     PageRequest,
     count_by_parent,
+    count_rows,
     fetch_page,
     fetch_pages_by_parent,
 )
@@ -146,8 +147,7 @@ async def list_favorite_steps(
 
 
 async def count_favorite_steps(session: AsyncSession, *, user_id: str | None) -> int:
-    statement = sa.select(sa.func.count()).select_from(steps_table).where(*_favorite_conditions(user_id))
-    return int((await session.execute(statement)).scalar_one())
+    return await count_rows(session, model=Step, where=_favorite_conditions(user_id))
 
 
 async def upsert_step(

@@ -11,7 +11,7 @@ from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fet
 from gateway.errors import Conflict
 from gateway.ids import new_id
 from gateway.jsonops import sql_icontains, sql_json_merge
-from gateway.tables import User, users_table
+from gateway.tables import User, threads_table, users_table
 from gateway.timestamps import utc_now
 
 USER_ORDER = Ordering("users:identifier", (users_table.c.identifier, users_table.c.id))
@@ -65,6 +65,9 @@ async def upsert_user(
             )
         ).one_or_none()
         if renamed is not None:
+            # Chainlit lists a user's threads by this copy of the identifier: keep it in step.
+            owned = sa.update(threads_table).where(threads_table.c.userId == user_id)
+            await session.execute(owned.values(userIdentifier=identifier))
             return from_row(User, renamed)  # type: ignore[no-any-return]
     values = {
         "id": user_id or new_id(),

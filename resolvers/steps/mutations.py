@@ -1,3 +1,4 @@
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import strawberry
@@ -7,7 +8,7 @@ from gateway.data import steps
 from gateway.data.common import KEEP
 from gateway.data.steps import StepChanges
 from gateway.errors import BadUserInput, Conflict, GatewayError
-from gateway.timestamps import utc_now
+from gateway.timestamps import format_timestamp, utc_now
 from resolvers.context import Info
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import DateTime, JSONObject
@@ -144,15 +145,18 @@ class StepMutations:
             raise BadUserInput(
                 f"at most {MAX_INGEST_BATCH} steps per batch, not {len(steps_)}", argument="steps"
             )
-        now = utc_now()
+        # Steps created without a createdAt keep the batch's order: a millisecond apart, the last
+        # one now (otherwise they would tie, and their order would fall to the client's ids).
+        now = datetime.now(UTC)
         results: list[IngestResult] = []
         async with info.context.write() as session:
             for index, step_input in enumerate(steps_):
+                created_if_new = format_timestamp(now - timedelta(milliseconds=len(steps_) - 1 - index))
                 try:
                     step_id, thread_id, changes = step_changes(step_input)
                     async with session.begin_nested():
                         row = await steps.upsert_step(
-                            session, step_id=step_id, thread_id=thread_id, changes=changes, now=now
+                            session, step_id=step_id, thread_id=thread_id, changes=changes, now=created_if_new
                         )
                     results.append(
                         IngestResult(
