@@ -120,7 +120,8 @@ async def measure(url: str, threads: int, repeats: int) -> dict[str, Any]:
     app = create_app(Settings(database_url=url, auto_migrate=False))
     db: Database = app.state.db
     statements: list[str] = []
-    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for engine in db.engines:
+        event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     try:
         user_id = await seed(db, threads)
         results: dict[str, Any] = {}

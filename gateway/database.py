@@ -13,10 +13,12 @@ from gateway import jsonops
 
 
 class Database:
-    """One engine and its session factory. Sessions are short: open one per unit of work.
+    """Engines and session factories. Sessions are short: open one per unit of work.
 
-    SQLite serializes writers, so its pool holds one connection: requests queue for it instead
-    of failing with `database is locked`. PostgreSQL gets a normal pool.
+    SQLite allows one writer at a time: writes go through a pool of one connection, so requests
+    queue for it instead of failing with `database is locked`, and take the write lock up front.
+    Reads use their own connections and, in WAL mode, never wait for a writer. PostgreSQL uses one
+    pool for both.
     """
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
@@ -27,7 +29,11 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(
                 url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60, json_serializer=_dump_json
             )
-            _configure_sqlite(self.engine)
+            self.read_engine = create_async_engine(
+                url, echo=echo, pool_size=4, max_overflow=4, json_serializer=_dump_json
+            )
+            _configure_sqlite(self.engine, begin="BEGIN IMMEDIATE")
+            _configure_sqlite(self.read_engine, begin="BEGIN")
         elif self.dialect_name == "postgresql":
             self.engine = create_async_engine(
                 url,
@@ -37,33 +43,40 @@ class Database:
                 pool_pre_ping=True,
                 json_serializer=_dump_json,
             )
+            self.read_engine = self.engine
         else:
             raise ValueError(
                 f"unsupported database {parsed.drivername!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://"
             )
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._reads = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
+        self._writes = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def engines(self) -> tuple[AsyncEngine, ...]:
+        return (self.engine,) if self.read_engine is self.engine else (self.engine, self.read_engine)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session for reads; whatever it did is rolled back when it closes."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             yield session
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed when the block ends, rolled back on error."""
-        async with self._sessions() as session, session.begin():
+        async with self._writes() as session, session.begin():
             yield session
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        for engine in self.engines:
+            await engine.dispose()
 
 
 def _dump_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
     functions: dict[str, tuple[int, Callable[..., Any]]] = {
         "gateway_icontains": (2, jsonops.sqlite_icontains),
         "gateway_json_contains": (2, jsonops.sqlite_json_contains),
@@ -85,6 +98,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
-        # IMMEDIATE takes the write lock up front: another process's writer waits (busy_timeout)
-        # instead of failing when a read transaction later tries to write.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers BEGIN IMMEDIATE: they take the write lock up front, so another process's writer
+        # waits (busy_timeout) instead of failing when a read turns into a write.
+        connection.exec_driver_sql(begin)

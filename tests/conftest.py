@@ -168,9 +168,11 @@ def sql_statements(db: Database) -> Iterator[StatementLog]:
         if first_word not in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"):
             log.statements.append(statement)
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    for engine in db.engines:
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
     yield log
-    event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    for engine in db.engines:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 def new_uuid() -> str:

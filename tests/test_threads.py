@@ -271,3 +271,17 @@ async def test_threads_another_app_writes_without_times_still_page(api: Api, db:
                 break
             after = page["pageInfo"]["endCursor"]
         assert sorted(seen) == sorted([ours, *theirs]) and page["totalCount"] == 3
+
+
+async def test_reads_do_not_wait_for_a_write_in_progress(api: Api, db: Database) -> None:
+    """A long write (a batch, a slow client) must not stall every reader, on SQLite too."""
+    await upsert_thread(api, id=new_uuid(), name="committed")
+    async with db.transaction() as session:
+        await session.execute(
+            sa.text("INSERT INTO threads (id, name) VALUES (:id, 'pending')"), {"id": new_uuid()}
+        )
+        data = await asyncio.wait_for(
+            api.ok("{ threads { totalCount edges { node { name } } } }"), timeout=10
+        )
+        assert data["threads"]["totalCount"] == 1, "an uncommitted write is not visible"
+    assert (await api.ok("{ threads { totalCount } }"))["threads"]["totalCount"] == 2
