@@ -2,10 +2,10 @@
 # by setting GATEWAY_DATABASE_URL / GATEWAY_STORAGE_URL. No dev dependencies, runs as non-root.
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gateway ./gateway
 COPY resolvers ./resolvers
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
