@@ -248,3 +248,33 @@ async def test_a_bad_cursor_fails_only_the_field_that_sent_it(api: Api) -> None:
         id=thread_id,
     )
     assert good["thread"]["good"]["edges"][0]["node"]["id"] == step_id
+
+
+async def test_each_thread_in_a_list_gets_its_own_page_of_steps(api: Api) -> None:
+    """Many parents' pages come from one statement; each must hold only its parent's rows."""
+    expected: dict[str, list[str]] = {}
+    for thread_index in range(4):
+        thread_id = new_uuid()
+        expected[thread_id] = []
+        for minute in range(3 + thread_index):
+            step_id = new_uuid()
+            expected[thread_id].append(step_id)
+            await upsert_step(
+                api,
+                id=step_id,
+                threadId=thread_id,
+                createdAt=f"2026-01-0{thread_index + 1}T00:{minute:02d}:00Z",
+            )
+    data = await api.ok(
+        "{ threads(first: 10) { edges { node { id "
+        "latest: steps(last: 2) { pageInfo { hasPreviousPage } edges { node { id threadId } } } "
+        "oldest: steps(first: 2) { pageInfo { hasNextPage } edges { node { id } } } } } } }"
+    )
+    for edge in data["threads"]["edges"]:
+        node = edge["node"]
+        ids = expected[node["id"]]
+        assert [step["node"]["id"] for step in node["latest"]["edges"]] == ids[-2:]
+        assert {step["node"]["threadId"] for step in node["latest"]["edges"]} == {node["id"]}
+        assert [step["node"]["id"] for step in node["oldest"]["edges"]] == ids[:2]
+        assert node["latest"]["pageInfo"]["hasPreviousPage"] and node["oldest"]["pageInfo"]["hasNextPage"]
+    assert len(data["threads"]["edges"]) == 4

@@ -285,3 +285,29 @@ async def test_reads_do_not_wait_for_a_write_in_progress(api: Api, db: Database)
         )
         assert data["threads"]["totalCount"] == 1, "an uncommitted write is not visible"
     assert (await api.ok("{ threads { totalCount } }"))["threads"]["totalCount"] == 2
+
+
+async def test_thread_list_pages_backward_and_between_two_cursors(api: Api) -> None:
+    ids = [new_uuid() for _ in range(6)]
+    for day, thread_id in enumerate(ids):
+        await upsert_thread(api, id=thread_id, createdAt=f"2026-01-0{day + 1}T00:00:00Z")
+    query = """
+    query($first: Int, $after: String, $last: Int, $before: String) {
+      threads(first: $first, after: $after, last: $last, before: $before,
+              orderBy: {field: CREATED_AT, direction: ASC}) {
+        pageInfo { hasNextPage hasPreviousPage startCursor endCursor } edges { cursor node { id } }
+      }
+    }"""
+    everything = (await api.ok(query, first=6))["threads"]
+    cursors = [edge["cursor"] for edge in everything["edges"]]
+    tail = (await api.ok(query, last=2))["threads"]
+    assert [edge["node"]["id"] for edge in tail["edges"]] == ids[4:]
+    assert tail["pageInfo"]["hasPreviousPage"] is True
+    before_tail = (await api.ok(query, last=3, before=tail["pageInfo"]["startCursor"]))["threads"]
+    assert [edge["node"]["id"] for edge in before_tail["edges"]] == ids[1:4]
+    between = (await api.ok(query, first=10, after=cursors[0], before=cursors[4]))["threads"]
+    assert [edge["node"]["id"] for edge in between["edges"]] == ids[1:4]
+    assert between["pageInfo"]["hasNextPage"] is False
+    between_last = (await api.ok(query, last=2, after=cursors[0], before=cursors[4]))["threads"]
+    assert [edge["node"]["id"] for edge in between_last["edges"]] == ids[2:4]
+    assert between_last["pageInfo"]["hasPreviousPage"] is True
