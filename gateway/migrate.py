@@ -47,12 +47,3 @@ async def upgrade_database(database_url: str) -> tuple[str | None, str | None]:
     if before != after:
         logger.info("database migrated from %s to %s", before or "nothing", after)
     return before, after
-
-
-async def current_revision(database_url: str) -> str | None:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_current_revision)
-    finally:
-        await engine.dispose()

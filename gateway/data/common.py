@@ -51,13 +51,11 @@ def metadata_patch_to_new(patch: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in patch.items() if value is not None}
 
 
-def update_values(
-    table: sa.Table, fields: dict[str, Any], json_merge_columns: tuple[str, ...] = ("metadata",)
-) -> dict[str, Any]:
+def update_values(table: sa.Table, fields: dict[str, Any]) -> dict[str, Any]:
     """SET values for an update: metadata merges key by key, every other field is replaced."""
     values: dict[str, Any] = {}
     for name, value in fields.items():
-        if name in json_merge_columns:
+        if name == "metadata":
             values[name] = sql_json_merge(table.c[name], value)
         else:
             values[name] = sa.literal(value, table.c[name].type) if value is not None else sa.null()

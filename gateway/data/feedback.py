@@ -15,11 +15,6 @@ FEEDBACK_ORDER = Ordering("feedbacks:id", (feedbacks_table.c.id,))
 FEEDBACK_VALUES = (0, 1)
 
 
-async def get_feedbacks_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, Feedback]:
-    rows = (await session.execute(sa.select(Feedback).where(feedbacks_table.c.id.in_(list(ids))))).scalars()
-    return {row.id: row for row in rows}
-
-
 async def get_feedback_of_steps(session: AsyncSession, *, step_ids: Sequence[str]) -> dict[str, Feedback]:
     statement = sa.select(Feedback).where(feedbacks_table.c.forId.in_(list(step_ids)))
     return {row.forId: row for row in (await session.execute(statement)).scalars()}

@@ -20,7 +20,7 @@ from gateway.data.common import (
     update_values,
 )
 from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
-from gateway.errors import NotFound
+from gateway.errors import BadUserInput, NotFound
 from gateway.jsonops import sql_icontains, sql_json_contains, sql_tags_contain_all
 from gateway.tables import (
     Thread,
@@ -61,6 +61,7 @@ class ThreadChanges:
 
     name: str | Keep | None = KEEP
     userId: str | Keep | None = KEEP
+    userIdentifier: str | Keep = KEEP  # names the owner by identifier (instead of, or with, userId)
     tags: list[str] | Keep | None = KEEP
     metadata: dict[str, Any] | Keep = KEEP
     createdAt: str | Keep = KEEP
@@ -126,13 +127,22 @@ async def count_threads(session: AsyncSession, *, thread_filter: ThreadFilter) -
     return await count_rows(session, model=Thread, where=filter_conditions(thread_filter))
 
 
-async def _owner_identifier(session: AsyncSession, user_id: str) -> str:
-    identifier: str | None = (
-        await session.execute(sa.select(users_table.c.identifier).where(users_table.c.id == user_id))
-    ).scalar_one_or_none()
-    if identifier is None:
-        raise NotFound(f"user {user_id} does not exist", field="userId")
-    return identifier
+async def _owner(
+    session: AsyncSession, *, user_id: str | None, identifier: str | None
+) -> tuple[str | None, str | None]:
+    """(userId, userIdentifier) of the owner named by id, identifier or both; (None, None) clears."""
+    if user_id is None and identifier is None:
+        return None, None
+    named = users_table.c.id == user_id if user_id is not None else users_table.c.identifier == identifier
+    owner = (
+        await session.execute(sa.select(users_table.c.id, users_table.c.identifier).where(named))
+    ).first()
+    if owner is None:
+        field = "userId" if user_id is not None else "userIdentifier"
+        raise NotFound(f"user {user_id or repr(identifier)} does not exist", field=field)
+    if identifier is not None and owner.identifier != identifier:
+        raise BadUserInput("`userId` and `userIdentifier` name different users", field="userIdentifier")
+    return owner.id, owner.identifier
 
 
 async def upsert_thread(session: AsyncSession, *, thread_id: str, changes: ThreadChanges, now: str) -> Thread:
@@ -141,9 +151,9 @@ async def upsert_thread(session: AsyncSession, *, thread_id: str, changes: Threa
     `updatedAt` moves only when a value really changes, so a retried request changes nothing.
     """
     fields = given(changes)
-    if "userId" in fields:
-        fields["userIdentifier"] = (
-            None if fields["userId"] is None else await _owner_identifier(session, fields["userId"])
+    if "userId" in fields or "userIdentifier" in fields:
+        fields["userId"], fields["userIdentifier"] = await _owner(
+            session, user_id=fields.get("userId"), identifier=fields.get("userIdentifier")
         )
     patch = fields.pop("metadata", None)
     new_row = {"id": thread_id, "createdAt": now, "updatedAt": now, **fields}

@@ -1,12 +1,12 @@
 import strawberry
 
 from gateway.data import threads
-from gateway.data.common import KEEP, Keep
+from gateway.data.common import KEEP
 from gateway.data.threads import ThreadChanges
-from gateway.errors import BadUserInput, NotFound
+from gateway.errors import BadUserInput
 from gateway.timestamps import utc_now
 from resolvers.context import Info
-from resolvers.ids import parse_id
+from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import DateTime, JSONObject
 from resolvers.types import DeletePayload, Thread
 
@@ -29,23 +29,6 @@ class ThreadInput:
     )
 
 
-async def _owner_id(info: Info, thread_input: ThreadInput) -> str | Keep | None:
-    user_id = thread_input.user_id
-    identifier = thread_input.user_identifier
-    if identifier is strawberry.UNSET or identifier is None:
-        return (
-            KEEP
-            if user_id is strawberry.UNSET
-            else (None if user_id is None else parse_id(user_id, "input.userId"))
-        )
-    user = await info.context.loaders.user_by_identifier.load(identifier)
-    if user is None:
-        raise NotFound(f"no user has the identifier {identifier!r}", field="userIdentifier")
-    if user_id not in (strawberry.UNSET, None) and parse_id(str(user_id), "input.userId") != user.id:
-        raise BadUserInput("`userId` and `userIdentifier` name different users", field="userIdentifier")
-    return user.id
-
-
 @strawberry.type
 class ThreadMutations:
     @strawberry.mutation(
@@ -60,7 +43,12 @@ class ThreadMutations:
             raise BadUserInput("`createdAt` cannot be null", field="createdAt")
         changes = ThreadChanges(
             name=KEEP if input.name is strawberry.UNSET else input.name,
-            userId=await _owner_id(info, input),
+            userId=KEEP
+            if input.user_id is strawberry.UNSET
+            else parse_optional_id(input.user_id, "input.userId"),
+            userIdentifier=KEEP
+            if input.user_identifier in (strawberry.UNSET, None)
+            else input.user_identifier,
             tags=KEEP if input.tags is strawberry.UNSET else input.tags,
             metadata=KEEP if input.metadata is strawberry.UNSET else input.metadata,
             createdAt=KEEP if input.created_at is strawberry.UNSET else input.created_at,
