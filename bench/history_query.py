@@ -13,19 +13,15 @@ benchmark creates its databases and drops them.
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
-import tempfile
 import time
-import uuid
 from typing import Any
 
-import asyncpg
 import httpx
 import sqlalchemy as sa
+from scratch import scratch_database
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -34,9 +30,6 @@ from gateway.ids import new_id
 from gateway.migrate import upgrade_database
 from gateway.tables import feedbacks_table, steps_table, threads_table, users_table
 
-ADMIN_URL = os.environ.get(
-    "GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 STEPS_PER_THREAD = 20
 HISTORY = """
 query($user: ID!) {
@@ -167,19 +160,8 @@ async def measure(url: str, threads: int, repeats: int) -> dict[str, Any]:
 
 
 async def with_database(backend: str, threads: int, repeats: int) -> dict[str, Any]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            return await measure(f"sqlite+aiosqlite:///{folder}/bench.db", threads, repeats)
-    name = f"gateway_bench_{uuid.uuid4().hex[:8]}"
-    dsn = make_url(ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    async with scratch_database(backend) as url:
         return await measure(url, threads, repeats)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def main() -> None:

@@ -9,23 +9,16 @@ times the upgrade to the newest revision and prints rows per second. Run by hand
 
 import argparse
 import asyncio
-import os
 import random
-import tempfile
 import time
 import uuid
 
-import asyncpg
 import sqlalchemy as sa
 from alembic import command
-from sqlalchemy.engine import make_url
+from scratch import scratch_database
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.migrate import _config, upgrade_database
-
-ADMIN_URL = os.environ.get(
-    "GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def _ts(seconds: float) -> str:
@@ -83,27 +76,11 @@ async def build_chainlit_database(url: str, threads: int, steps_per_thread: int)
 
 
 async def run(backend: str, threads: int, steps: int) -> None:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            url = f"sqlite+aiosqlite:///{folder}/chainlit.db"
-            rows = await build_chainlit_database(url, threads, steps)
-            began = time.perf_counter()
-            await upgrade_database(url)
-            elapsed = time.perf_counter() - began
-    else:
-        name = f"gateway_bench_{uuid.uuid4().hex[:8]}"
-        dsn = make_url(ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-        admin = await asyncpg.connect(dsn)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-            rows = await build_chainlit_database(url, threads, steps)
-            began = time.perf_counter()
-            await upgrade_database(url)
-            elapsed = time.perf_counter() - began
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.close()
+    async with scratch_database(backend) as url:
+        rows = await build_chainlit_database(url, threads, steps)
+        began = time.perf_counter()
+        await upgrade_database(url)
+        elapsed = time.perf_counter() - began
     print(
         f"{backend}: migrated {rows} rows ({threads} threads x {steps} steps) in {elapsed:.1f} s"
         f" ({rows / elapsed:,.0f} rows/s)"
