@@ -1,5 +1,6 @@
 """Schema extensions: every error carries `extensions.code`; unexpected ones are masked and logged
-with the request id; strings holding NUL bytes are refused before anything runs."""
+with the request id; requests that cannot be run or stored (NUL characters, values nested too deep,
+several operations without a name) are refused before anything runs."""
 
 import logging
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from gateway.errors import BadUserInput, GatewayError
 
 logger = logging.getLogger("gateway.errors")
 NUL_PROBLEM = "strings must not contain NUL (\\u0000) characters"
+MAX_JSON_DEPTH = 64
 
 
 class _StringLiterals(Visitor):
@@ -24,9 +26,6 @@ class _StringLiterals(Visitor):
     def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
         if "\x00" in node.value:
             self.has_nul = True
-
-
-MAX_JSON_DEPTH = 64
 
 
 def _variable_problem(variables: Any) -> str | None:
@@ -54,6 +53,7 @@ class RequestChecks(SchemaExtension):
     """Refuse, before anything runs:
     - strings holding NUL: PostgreSQL cannot store them, SQLite would; refused in literals and
       variables alike, so both databases answer the same;
+    - variables nested deeper than MAX_JSON_DEPTH;
     - a document of several operations without `operationName` (the GraphQL specification's
       rule; strawberry would run the first)."""
 
