@@ -1,4 +1,9 @@
-"""The ASGI application: GraphQL (and GraphiQL) at /graphql, a health check at /healthz."""
+"""The ASGI application: GraphQL (and GraphiQL) at /graphql, a health check at /healthz.
+
+Before a GraphQL request reaches the schema it is checked here: a multipart or form request must
+carry a header browsers cannot send cross-site without a preflight (CSRF), the body must fit the
+size cap, and the caller must authenticate (only the GraphiQL page itself is served to anyone).
+"""
 
 import logging
 import re
@@ -15,16 +20,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.database import Database
+from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
 from gateway.ids import new_id
 from gateway.migrate import upgrade_database
 from resolvers.context import GatewayContext
+from resolvers.limits import Limits
 from resolvers.schema import schema
 
 logger = logging.getLogger("gateway")
 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Content types a browser may POST cross-site without a CORS preflight ("simple requests").
+_SIMPLE_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "text/plain")
+# Headers of Apollo's CSRF prevention, which upload clients (apollo-upload-client...) already send.
+PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
+HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413}
 
 
 class RequestIdMiddleware:
@@ -52,18 +65,35 @@ class RequestIdMiddleware:
 
 
 class GatewayGraphQL(GraphQL[GatewayContext, None]):
-    def __init__(self, db: Database, **kwargs: Any) -> None:
+    def __init__(
+        self, db: Database, auth: Authenticator, limits: Limits, max_body_bytes: int, **kwargs: Any
+    ) -> None:
         super().__init__(schema, **kwargs)
         self.db = db
+        self.auth = auth
+        self.limits = limits
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Requests that are no GraphQL request (no query, a body that is not JSON, variables that
         are not an object) get a GraphQL error with a code too, not strawberry's plain text."""
         if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
+            await websocket_refused(scope, receive, send)
             return
         try:
-            response = await self.run(Request(scope=scope, receive=receive))
+            request = Request(scope=scope, receive=receive)
+            if not self._is_ide_page(request):
+                _check_preflight(request)
+                scope["state"]["caller"] = await self.auth.authenticate(
+                    request.headers, request.client.host if request.client else None
+                )
+            response = await self.run(Request(scope=scope, receive=self._capped(request, receive)))
+        except GatewayError as error:
+            response = _error_response(
+                error.message, error.code, HTTP_STATUS.get(error.code, 400), **error.extensions
+            )
+            if error.code == "UNAUTHENTICATED":
+                response.headers["WWW-Authenticate"] = "Bearer"
         except HTTPException as error:
             response = _error_response(error.reason, "BAD_USER_INPUT", error.status_code)
         except Exception:
@@ -78,15 +108,65 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             )
         await response(scope, receive, send)
 
+    def _is_ide_page(self, request: Request) -> bool:
+        """A request strawberry answers with the GraphiQL page (static HTML; its own queries, with
+        whatever headers the developer sets in it, are checked like any other)."""
+        return self.graphql_ide is not None and self.should_render_graphql_ide(request)  # type: ignore[arg-type]
+
+    def _capped(self, request: Request, receive: Receive) -> Receive:
+        """`receive`, refusing a body over the cap: at once by its Content-Length, else as it streams."""
+        cap = self.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise _too_large(cap)
+        received = 0
+
+        async def receive_capped() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > cap:
+                raise _too_large(cap)
+            return message
+
+        return receive_capped
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> GatewayContext:
         return GatewayContext(
-            db=self.db, request_id=request.scope["state"]["request_id"], request=request, response=response
+            db=self.db,
+            request_id=request.scope["state"]["request_id"],
+            caller=request.scope["state"]["caller"],
+            limits=self.limits,
+            request=request,
+            response=response,
         )
 
 
-def _error_response(message: str, code: str, status: int, **extensions: str) -> JSONResponse:
+def _too_large(cap: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is over the limit of {cap} bytes", maximum=cap)
+
+
+def _check_preflight(request: Request) -> None:
+    """Refuse what a web page could make a browser send cross-site without a preflight, unless it
+    carries a header such a page cannot set (Apollo's CSRF prevention)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    preflighted = any(request.headers.get(name) for name in PREFLIGHT_HEADERS)
+    if request.method == "POST" and content_type in _SIMPLE_CONTENT_TYPES and not preflighted:
+        raise BadUserInput(
+            f"a {content_type} request must carry a non-empty `Apollo-Require-Preflight` or "
+            "`X-Apollo-Operation-Name` header (cross-site request forgery protection)"
+        )
+
+
+async def websocket_refused(scope: Scope, receive: Receive, send: Send) -> None:
+    """No subscriptions yet: close WebSocket handshakes instead of serving them unauthenticated."""
+    if scope["type"] == "websocket":
+        await WebSocket(scope, receive=receive, send=send).close(code=1008)
+
+
+def _error_response(message: str, code: str, status: int, **extensions: object) -> JSONResponse:
     body = {"errors": [{"message": message, "extensions": {**extensions, "code": code}}]}
     return JSONResponse(body, status)
 
@@ -94,25 +174,42 @@ def _error_response(message: str, code: str, status: int, **extensions: str) -> 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url)
+    auth = Authenticator(settings, db)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if settings.auto_migrate:
-            await upgrade_database(settings.database_url)
         try:
+            if settings.auto_migrate:
+                await upgrade_database(settings.database_url)
+            await auth.start()
             yield
         finally:
+            await auth.close()
             await db.dispose()
 
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    graphql = GatewayGraphQL(db, graphql_ide="graphiql")
+    limits = Limits(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_query_aliases,
+        max_tokens=settings.max_query_tokens,
+        max_cost=settings.max_query_cost,
+        introspection=settings.introspection,
+    )
+    graphql = GatewayGraphQL(
+        db,
+        auth,
+        limits,
+        settings.max_body_bytes,
+        graphql_ide="graphiql" if settings.graphiql else None,
+    )
     app = Starlette(
         routes=[Route("/graphql", graphql), Route("/healthz", health)],
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)
     app.state.db = db
+    app.state.auth = auth
     app.state.settings = settings
     return app

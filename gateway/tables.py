@@ -147,3 +147,19 @@ threads_table: sa.Table = Thread.__table__  # type: ignore[attr-defined]
 steps_table: sa.Table = Step.__table__  # type: ignore[attr-defined]
 elements_table: sa.Table = Element.__table__  # type: ignore[attr-defined]
 feedbacks_table: sa.Table = Feedback.__table__  # type: ignore[attr-defined]
+
+
+class ApiKey(SQLModel, table=True):
+    """A backend's API key: only its SHA-256 hash is kept (the key itself is shown once)."""
+
+    __tablename__ = "gateway_api_keys"
+
+    id: str = Field(sa_column=sa.Column("id", sa.String(36), primary_key=True))
+    name: str = Field(sa_column=sa.Column("name", sa.Text(), nullable=False))
+    prefix: str = Field(sa_column=sa.Column("prefix", sa.Text(), nullable=False))
+    keyHash: str = Field(sa_column=sa.Column("keyHash", sa.String(64), nullable=False, unique=True))
+    createdAt: str = Field(sa_column=sa.Column("createdAt", sa.Text(), nullable=False))
+    revokedAt: str | None = Field(default=None, sa_column=sa.Column("revokedAt", sa.Text()))
+
+
+api_keys_table: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]

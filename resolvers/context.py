@@ -1,4 +1,4 @@
-"""The per-request context: the database, the request's loaders and its id."""
+"""The per-request context: the database, the caller, the request's loaders and its id."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,8 +9,11 @@ import strawberry
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.auth import Caller
+from gateway.data.access import Access
 from gateway.database import Database
 from gateway.errors import Conflict
+from resolvers.limits import Limits
 from resolvers.loaders import Loaders
 
 RETRYABLE_SQLSTATES = ("40001", "40P01", "55P03")
@@ -20,12 +23,19 @@ RETRYABLE_SQLSTATES = ("40001", "40P01", "55P03")
 class GatewayContext:
     db: Database
     request_id: str
+    caller: Caller
+    limits: Limits = field(default_factory=Limits)
     request: Any = None
     response: Any = None
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loaders = Loaders(self.db)
+        self.loaders = Loaders(self.db, self.access)
+
+    @property
+    def access(self) -> Access:
+        """What the caller reaches; every data-access call is given it."""
+        return self.caller.access
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -47,7 +57,7 @@ class GatewayContext:
                 ) from error
             raise
         finally:
-            self.loaders = Loaders(self.db)
+            self.loaders = Loaders(self.db, self.access)
 
 
 Info = strawberry.Info[GatewayContext, None]

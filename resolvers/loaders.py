@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
 from gateway.data import elements, feedback, steps, threads, users
+from gateway.data.access import Access
 from gateway.data.pagination import Page, PageRequest
 from gateway.data.steps import StepFilter
 from gateway.database import Database
@@ -59,27 +60,32 @@ def _grouped(
 
 
 class Loaders:
-    def __init__(self, db: Database) -> None:
+    """The loaders of one request, reading what its caller's access reaches."""
+
+    def __init__(self, db: Database, access: Access) -> None:
         self.user_by_id: DataLoader[str, User | None] = _by_key(
-            db, lambda session, ids: users.get_users_by_ids(session, ids=ids)
+            db, lambda session, ids: users.get_users_by_ids(session, ids=ids, access=access)
         )
         self.user_by_identifier: DataLoader[str, User | None] = _by_key(
-            db, lambda session, identifiers: users.get_users_by_identifiers(session, identifiers=identifiers)
+            db,
+            lambda session, identifiers: users.get_users_by_identifiers(
+                session, identifiers=identifiers, access=access
+            ),
         )
         self.thread_by_id: DataLoader[str, Thread | None] = _by_key(
-            db, lambda session, ids: threads.get_threads_by_ids(session, ids=ids)
+            db, lambda session, ids: threads.get_threads_by_ids(session, ids=ids, access=access)
         )
         self.step_by_id: DataLoader[str, Step | None] = _by_key(
-            db, lambda session, ids: steps.get_steps_by_ids(session, ids=ids)
+            db, lambda session, ids: steps.get_steps_by_ids(session, ids=ids, access=access)
         )
         self.element_by_id: DataLoader[str, Element | None] = _by_key(
-            db, lambda session, ids: elements.get_elements_by_ids(session, ids=ids)
+            db, lambda session, ids: elements.get_elements_by_ids(session, ids=ids, access=access)
         )
         self.feedback_of_step: DataLoader[str, Feedback | None] = _by_key(
             db, lambda session, ids: feedback.get_feedback_of_steps(session, step_ids=ids)
         )
         self.elements_of_step: DataLoader[str, list[Element] | None] = _by_key(
-            db, lambda session, ids: elements.get_elements_of_steps(session, step_ids=ids)
+            db, lambda session, ids: elements.get_elements_of_steps(session, step_ids=ids, access=access)
         )
         self.steps_of_thread: DataLoader[tuple[str, tuple[PageRequest, StepFilter]], Page[Step]] = _grouped(
             db,
@@ -96,11 +102,11 @@ class Loaders:
         self.children_of_step: DataLoader[tuple[str, PageRequest], Page[Step]] = _grouped(
             db,
             lambda session, ids, request: steps.list_children_of_steps(
-                session, parent_ids=ids, request=request
+                session, parent_ids=ids, request=request, access=access
             ),
         )
         self.child_count_of_step: DataLoader[tuple[str, None], int] = _grouped(
-            db, lambda session, ids, _: steps.count_children_of_steps(session, parent_ids=ids)
+            db, lambda session, ids, _: steps.count_children_of_steps(session, parent_ids=ids, access=access)
         )
         self.elements_of_thread: DataLoader[tuple[str, PageRequest], Page[Element]] = _grouped(
             db,

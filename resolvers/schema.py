@@ -11,6 +11,7 @@ from strawberry.types import ExecutionContext
 from resolvers.elements.queries import ElementQueries
 from resolvers.extensions import ErrorCodes, RequestChecks
 from resolvers.feedback.mutations import FeedbackMutations
+from resolvers.limits import QueryLimits
 from resolvers.scalars import SCALARS
 from resolvers.steps.mutations import StepMutations
 from resolvers.steps.queries import StepQueries
@@ -34,7 +35,7 @@ def build_schema(**kwargs: Any) -> strawberry.Schema:
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
-        extensions=[ErrorCodes, RequestChecks],
+        extensions=[ErrorCodes, RequestChecks, QueryLimits],
         config=StrawberryConfig(scalar_map=SCALARS),
         **kwargs,
     )

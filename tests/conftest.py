@@ -6,13 +6,16 @@ half is skipped locally, and fails in CI (CI=true), where a skip would hide miss
 """
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -80,9 +83,9 @@ async def database_url(
 
 @pytest.fixture(scope="session")
 async def app(database_url: str) -> AsyncIterator[Starlette]:
-    application = create_app(Settings(database_url=database_url, auto_migrate=False))
-    yield application
-    await application.state.db.dispose()
+    """The gateway in open development mode (no credentials configured), as a developer runs it."""
+    async with running(Settings(database_url=database_url, auto_migrate=False)) as application:
+        yield application
 
 
 @pytest.fixture
@@ -102,15 +105,22 @@ class GraphQLFailure(AssertionError):
 
 @dataclass
 class Api:
-    """GraphQL over HTTP against the ASGI app, as a client would call it."""
+    """GraphQL over HTTP against the ASGI app, as a client would call it (with `headers`, e.g.
+    its credentials, on every request)."""
 
     http: httpx.AsyncClient
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def with_headers(self, **headers: str) -> "Api":
+        return Api(self.http, {**self.headers, **headers})
 
     async def post(
         self, query: str, variables: dict[str, Any] | None = None, **headers: str
     ) -> httpx.Response:
         return await self.http.post(
-            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+            "/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers={**self.headers, **headers},
         )
 
     async def ok(self, query: str, **variables: Any) -> dict[str, Any]:
@@ -137,13 +147,67 @@ class Api:
         return code
 
 
+async def clear_tables(db: Database) -> None:
+    async with db.transaction() as session:
+        for table in (*TABLES_CHILDREN_FIRST, "gateway_api_keys"):
+            await session.execute(sa.text(f"DELETE FROM {table}"))
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Starlette]:
+    """An app with its lifespan run (startup checks, then shutdown), as a server runs it."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@asynccontextmanager
+async def client_of(application: Starlette, client_host: str = "127.0.0.1") -> AsyncIterator[Api]:
+    transport = httpx.ASGITransport(app=application, client=(client_host, 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        yield Api(http)
+
+
 @pytest.fixture
 async def api(app: Starlette, db: Database) -> AsyncIterator[Api]:
-    async with db.transaction() as session:
-        for table in TABLES_CHILDREN_FIRST:
-            await session.execute(sa.text(f"DELETE FROM {table}"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
-        yield Api(http)
+    await clear_tables(db)
+    async with client_of(app) as client:
+        yield client
+
+
+# A gateway with authentication configured: a backend key in GATEWAY_API_KEYS, HS256 user tokens.
+TEST_API_KEY = "gw_test-backend-key-0123456789abcdefghijklmnop"
+TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def user_token(identifier: str, *, secret: str = TEST_JWT_SECRET, lifetime: int = 3600, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"sub": identifier, "iat": now, "exp": now + lifetime, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def secured_settings(database_url: str, **overrides: Any) -> Settings:
+    return Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        api_keys=TEST_API_KEY,
+        jwt_secret=TEST_JWT_SECRET,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+async def secured_app(database_url: str) -> AsyncIterator[Starlette]:
+    async with running(secured_settings(database_url)) as application:
+        yield application
+
+
+@pytest.fixture
+async def secured_api(secured_app: Starlette, db: Database) -> AsyncIterator[Api]:
+    """A client of the secured gateway, sending no credentials (add them with `with_headers`)."""
+    await clear_tables(db)
+    async with client_of(secured_app) as client:
+        yield client
 
 
 @dataclass

@@ -211,8 +211,8 @@ def test_serve_answers_over_http_and_stops_on_sigterm(server: tuple[Server, str]
             },
         )
         assert response.status_code == 200, response.text
-        assert response.json() == {
-            "data": {"upsertThread": {"id": thread_id, "name": "Over HTTP", "tags": ["cli"]}}
+        assert response.json()["data"] == {
+            "upsertThread": {"id": thread_id, "name": "Over HTTP", "tags": ["cli"]}
         }
         response = client.post(
             "/graphql", json={"query": "{ threads { totalCount edges { node { id name } } } }"}

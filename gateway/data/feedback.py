@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.data.access import Access, require_writable_thread
 from gateway.data.common import KEEP, Keep, from_row, insert
 from gateway.data.pagination import Ordering, Page, PageRequest, count_by_parent, fetch_pages_by_parent
 from gateway.errors import BadUserInput, Conflict, NotFound
@@ -42,23 +43,32 @@ async def upsert_feedback(
     *,
     for_id: str,
     value: int,
+    access: Access,
     comment: str | Keep | None = KEEP,
     feedback_id: str | None = None,
 ) -> Feedback:
-    """Rate a step. Keyed by the step, so concurrent ratings of one step make one row."""
+    """Rate a step. Keyed by the step, so concurrent ratings of one step make one row. A user
+    rates steps of their own threads only."""
     if value not in FEEDBACK_VALUES:
         raise BadUserInput(
             f"feedback value must be 0 (thumbs down) or 1 (thumbs up), not {value}", field="value"
         )
+    missing_step = NotFound(f"step {for_id} does not exist", field="forId")
     thread_id = (
-        await session.execute(sa.select(steps_table.c.threadId).where(steps_table.c.id == for_id))
+        await session.execute(
+            sa.select(steps_table.c.threadId).where(steps_table.c.id == for_id, *access.readable_steps())
+        )
     ).scalar_one_or_none()
     if thread_id is None:
-        raise NotFound(f"step {for_id} does not exist", field="forId")
+        raise missing_step
+    await require_writable_thread(session, access=access, thread_id=thread_id, missing=missing_step)
     if feedback_id is not None:
+        # Another user's feedback is not found here; reusing its id then fails as a plain conflict.
         other_step = (
             await session.execute(
-                sa.select(feedbacks_table.c.forId).where(feedbacks_table.c.id == feedback_id)
+                sa.select(feedbacks_table.c.forId).where(
+                    feedbacks_table.c.id == feedback_id, *access.readable_feedbacks()
+                )
             )
         ).scalar_one_or_none()
         if other_step is not None and other_step != for_id:
@@ -79,7 +89,19 @@ async def upsert_feedback(
     return from_row(Feedback, row)  # type: ignore[no-any-return]
 
 
-async def delete_feedback(session: AsyncSession, *, feedback_id: str) -> None:
+async def delete_feedback(session: AsyncSession, *, feedback_id: str, access: Access) -> None:
+    missing = NotFound(f"feedback {feedback_id} does not exist", field="id")
+    if not access.everything:
+        thread_id = (
+            await session.execute(
+                sa.select(feedbacks_table.c.threadId).where(
+                    feedbacks_table.c.id == feedback_id, *access.readable_feedbacks()
+                )
+            )
+        ).scalar_one_or_none()
+        if thread_id is None:
+            raise missing
+        await require_writable_thread(session, access=access, thread_id=thread_id, missing=missing)
     deleted = (
         await session.execute(
             sa.delete(feedbacks_table)
@@ -88,4 +110,4 @@ async def delete_feedback(session: AsyncSession, *, feedback_id: str) -> None:
         )
     ).first()
     if deleted is None:
-        raise NotFound(f"feedback {feedback_id} does not exist", field="id")
+        raise missing

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.data.access import Access, require_writable_thread
 from gateway.data.common import (
     KEEP,
     Keep,
@@ -27,7 +28,7 @@ from gateway.data.pagination import (
     fetch_page,
     fetch_pages_by_parent,
 )
-from gateway.data.threads import ensure_thread
+from gateway.data.threads import ensure_thread, not_yours
 from gateway.errors import BadUserInput, Conflict, NotFound
 from gateway.jsonops import sql_json_contains
 from gateway.tables import Step, elements_table, feedbacks_table, steps_table, threads_table
@@ -81,9 +82,9 @@ def _filter_conditions(step_filter: StepFilter) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
-async def get_steps_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, Step]:
-    rows = (await session.execute(sa.select(Step).where(steps_table.c.id.in_(list(ids))))).scalars()
-    return {row.id: row for row in rows}
+async def get_steps_by_ids(session: AsyncSession, *, ids: Sequence[str], access: Access) -> dict[str, Step]:
+    statement = sa.select(Step).where(steps_table.c.id.in_(list(ids)), *access.readable_steps())
+    return {row.id: row for row in (await session.execute(statement)).scalars()}
 
 
 async def list_steps_of_threads(
@@ -112,8 +113,12 @@ async def count_steps_of_threads(
     )
 
 
+# A child may sit in another thread than its parent (parentId is not checked on write), so children
+# are filtered by the caller's access, unlike a thread's steps, which share their visible thread.
+
+
 async def list_children_of_steps(
-    session: AsyncSession, *, parent_ids: Sequence[str], request: PageRequest
+    session: AsyncSession, *, parent_ids: Sequence[str], request: PageRequest, access: Access
 ) -> dict[str, Page[Step]]:
     return await fetch_pages_by_parent(
         session,
@@ -122,15 +127,20 @@ async def list_children_of_steps(
         parent_ids=parent_ids,
         ordering=STEP_ORDER,
         request=request,
+        where=access.readable_steps(),
     )
 
 
-async def count_children_of_steps(session: AsyncSession, *, parent_ids: Sequence[str]) -> dict[str, int]:
-    return await count_by_parent(session, parent_column=steps_table.c.parentId, parent_ids=parent_ids)
+async def count_children_of_steps(
+    session: AsyncSession, *, parent_ids: Sequence[str], access: Access
+) -> dict[str, int]:
+    return await count_by_parent(
+        session, parent_column=steps_table.c.parentId, parent_ids=parent_ids, where=access.readable_steps()
+    )
 
 
-def _favorite_conditions(user_id: str | None) -> list[sa.ColumnElement[bool]]:
-    conditions = [sql_json_contains(steps_table.c.metadata, {"favorite": True})]
+def _favorite_conditions(user_id: str | None, access: Access) -> list[sa.ColumnElement[bool]]:
+    conditions = [sql_json_contains(steps_table.c.metadata, {"favorite": True}), *access.owned_steps()]
     if user_id is not None:
         owned = sa.select(threads_table.c.id).where(threads_table.c.userId == user_id)
         conditions.append(steps_table.c.threadId.in_(owned.scalar_subquery()))
@@ -138,20 +148,66 @@ def _favorite_conditions(user_id: str | None) -> list[sa.ColumnElement[bool]]:
 
 
 async def list_favorite_steps(
-    session: AsyncSession, *, user_id: str | None, request: PageRequest
+    session: AsyncSession, *, user_id: str | None, request: PageRequest, access: Access
 ) -> Page[Step]:
-    """Steps whose `metadata.favorite` is true (Chainlit's favorites), newest first."""
+    """Steps whose `metadata.favorite` is true (Chainlit's favorites), newest first; a user's own."""
     return await fetch_page(
-        session, model=Step, ordering=FAVORITE_ORDER, request=request, where=_favorite_conditions(user_id)
+        session,
+        model=Step,
+        ordering=FAVORITE_ORDER,
+        request=request,
+        where=_favorite_conditions(user_id, access),
     )
 
 
-async def count_favorite_steps(session: AsyncSession, *, user_id: str | None) -> int:
-    return await count_rows(session, model=Step, where=_favorite_conditions(user_id))
+async def count_favorite_steps(session: AsyncSession, *, user_id: str | None, access: Access) -> int:
+    return await count_rows(session, model=Step, where=_favorite_conditions(user_id, access))
+
+
+async def _writable_step(session: AsyncSession, *, step_id: str, access: Access, missing: NotFound) -> Step:
+    """The step, if the caller may change it: `missing` when it does not exist or the caller cannot
+    see it (the same answer, so ids cannot be probed); FORBIDDEN in a thread shared read-only."""
+    statement = sa.select(Step).where(steps_table.c.id == step_id, *access.readable_steps())
+    step = (await session.execute(statement)).scalars().first()
+    if step is None:
+        raise missing
+    await require_writable_thread(session, access=access, thread_id=step.threadId, missing=missing)
+    return step
+
+
+def _missing_step(step_id: str) -> NotFound:
+    return NotFound(f"step {step_id} does not exist", field="id")
+
+
+def _not_created(step_id: str) -> NotFound:
+    return NotFound(f"step {step_id} does not exist; give its threadId to create it", field="id")
+
+
+async def _check_user_step_write(
+    session: AsyncSession, *, step_id: str, thread_id: str | None, access: Access, now: str
+) -> None:
+    """A user writes steps only in threads of their own (a missing thread is created theirs)."""
+    existing = (
+        await session.execute(sa.select(steps_table.c.threadId).where(steps_table.c.id == step_id))
+    ).first()
+    if existing is not None:
+        hidden = _not_created(step_id) if thread_id is None else not_yours("step", step_id)
+        await _writable_step(session, step_id=step_id, access=access, missing=hidden)
+    if thread_id is not None:
+        await ensure_thread(session, thread_id=thread_id, access=access, now=now)
+        await require_writable_thread(
+            session, access=access, thread_id=thread_id, missing=not_yours("thread", thread_id, "threadId")
+        )
 
 
 async def upsert_step(
-    session: AsyncSession, *, step_id: str, thread_id: str | None, changes: StepChanges, now: str
+    session: AsyncSession,
+    *,
+    step_id: str,
+    thread_id: str | None,
+    changes: StepChanges,
+    access: Access,
+    now: str,
 ) -> Step:
     """Create the step, or change only the fields given, atomically (`INSERT .. ON CONFLICT`), so an
     update racing the create of the same step loses nothing. With a `threadId`, a missing thread is
@@ -159,6 +215,8 @@ async def upsert_step(
     fields = given(changes)
     if fields.get("parentId") == step_id:
         raise BadUserInput("a step cannot be its own parent", field="parentId")
+    if not access.everything:
+        await _check_user_step_write(session, step_id=step_id, thread_id=thread_id, access=access, now=now)
     patch = fields.pop("metadata", None)
     updates = {**fields, **({"metadata": patch} if patch is not None else {})}
     set_ = update_values(steps_table, updates)
@@ -173,7 +231,7 @@ async def upsert_step(
             .returning(*returning)
         )
     else:
-        await ensure_thread(session, thread_id=thread_id, now=now)
+        await ensure_thread(session, thread_id=thread_id, access=access, now=now)
         new_row = {**NEW_STEP_DEFAULTS, "createdAt": now, **fields, "id": step_id, "threadId": thread_id}
         if patch is not None:
             new_row["metadata"] = metadata_patch_to_new(patch)
@@ -194,6 +252,10 @@ async def upsert_step(
     if row is None:
         step = await _existing_step(session, step_id)
         if thread_id is not None and step.threadId != thread_id:
+            # If someone else made it since the check above, a user is told nothing of it.
+            await require_writable_thread(
+                session, access=access, thread_id=step.threadId, missing=not_yours("step", step_id)
+            )
             raise Conflict(
                 f"step {step_id} belongs to thread {step.threadId}, not {thread_id}", field="threadId"
             )
@@ -204,12 +266,14 @@ async def upsert_step(
 async def _existing_step(session: AsyncSession, step_id: str) -> Step:
     step = await session.get(Step, step_id)
     if step is None:
-        raise NotFound(f"step {step_id} does not exist; give its threadId to create it", field="id")
+        raise _not_created(step_id)
     return step
 
 
-async def append_step_output(session: AsyncSession, *, step_id: str, delta: str) -> Step:
+async def append_step_output(session: AsyncSession, *, step_id: str, delta: str, access: Access) -> Step:
     """Append streamed tokens in the database itself, so concurrent appends all land."""
+    if not access.everything:
+        await _writable_step(session, step_id=step_id, access=access, missing=_missing_step(step_id))
     statement = (
         sa.update(steps_table)
         .where(steps_table.c.id == step_id)
@@ -218,13 +282,13 @@ async def append_step_output(session: AsyncSession, *, step_id: str, delta: str)
     )
     row = (await session.execute(statement)).one_or_none()
     if row is None:
-        raise NotFound(f"step {step_id} does not exist", field="id")
+        raise _missing_step(step_id)
     return from_row(Step, row)  # type: ignore[no-any-return]
 
 
-async def delete_step(session: AsyncSession, *, step_id: str) -> list[str]:
+async def delete_step(session: AsyncSession, *, step_id: str, access: Access) -> list[str]:
     """Delete the step, its descendants, and their feedback and elements; returns object keys."""
-    step = await _existing_step(session, step_id)
+    step = await _writable_step(session, step_id=step_id, access=access, missing=_missing_step(step_id))
     tree = sa.select(steps_table.c.id).where(steps_table.c.id == step_id).cte("subtree", recursive=True)
     children = sa.select(steps_table.c.id).where(
         steps_table.c.parentId == tree.c.id, steps_table.c.threadId == step.threadId

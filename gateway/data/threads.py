@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.data.access import Access, require_writable_thread
 from gateway.data.common import (
     KEEP,
     Keep,
@@ -20,7 +21,7 @@ from gateway.data.common import (
     update_values,
 )
 from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
-from gateway.errors import BadUserInput, NotFound
+from gateway.errors import BadUserInput, Forbidden, NotFound
 from gateway.jsonops import sql_icontains, sql_json_contains, sql_tags_contain_all
 from gateway.tables import (
     Thread,
@@ -100,9 +101,17 @@ def filter_conditions(thread_filter: ThreadFilter) -> list[sa.ColumnElement[bool
     return conditions
 
 
-async def get_threads_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, Thread]:
-    rows = (await session.execute(sa.select(Thread).where(threads_table.c.id.in_(list(ids))))).scalars()
-    return {row.id: row for row in rows}
+def not_yours(kind: str, row_id: str, field: str = "id") -> NotFound:
+    """What a user writing to another user's row gets: the row is not theirs to see, so nothing
+    about it is told; only that this id cannot be used."""
+    return NotFound(f"there is no {kind} {row_id} of yours; a new {kind} needs a new id", field=field)
+
+
+async def get_threads_by_ids(
+    session: AsyncSession, *, ids: Sequence[str], access: Access
+) -> dict[str, Thread]:
+    statement = sa.select(Thread).where(threads_table.c.id.in_(list(ids)), *access.readable_threads())
+    return {row.id: row for row in (await session.execute(statement)).scalars()}
 
 
 async def list_threads(
@@ -110,21 +119,25 @@ async def list_threads(
     *,
     thread_filter: ThreadFilter,
     request: PageRequest,
+    access: Access,
     order_field: str = "updatedAt",
     descending: bool = True,
 ) -> Page[Thread]:
-    """Newest activity first by default; one statement whatever the filters."""
+    """Newest activity first by default; one statement whatever the filters. A user lists only
+    their own threads (threads shared with them are read by id, as Chainlit's share links do)."""
     return await fetch_page(
         session,
         model=Thread,
         ordering=THREAD_ORDERINGS[(order_field, descending)],
         request=request,
-        where=filter_conditions(thread_filter),
+        where=[*access.owned_threads(), *filter_conditions(thread_filter)],
     )
 
 
-async def count_threads(session: AsyncSession, *, thread_filter: ThreadFilter) -> int:
-    return await count_rows(session, model=Thread, where=filter_conditions(thread_filter))
+async def count_threads(session: AsyncSession, *, thread_filter: ThreadFilter, access: Access) -> int:
+    return await count_rows(
+        session, model=Thread, where=[*access.owned_threads(), *filter_conditions(thread_filter)]
+    )
 
 
 async def _owner(
@@ -145,18 +158,39 @@ async def _owner(
     return owner.id, owner.identifier
 
 
-async def upsert_thread(session: AsyncSession, *, thread_id: str, changes: ThreadChanges, now: str) -> Thread:
+def _user_owner_fields(fields: dict[str, Any], access: Access) -> dict[str, Any]:
+    """A user's threads are theirs: naming another owner (or none) is refused before any lookup,
+    so whether that other user exists is not told."""
+    if fields.get("userId", access.user_id) != access.user_id or fields.get(
+        "userIdentifier", access.user_identifier
+    ) not in (access.user_identifier, None):
+        raise Forbidden("a user may only own threads themselves; leave userId and userIdentifier out")
+    return {"userId": access.user_id, "userIdentifier": access.user_identifier}
+
+
+async def upsert_thread(
+    session: AsyncSession, *, thread_id: str, changes: ThreadChanges, access: Access, now: str
+) -> Thread:
     """Create the thread, or change only the fields given, in one statement.
 
     `updatedAt` moves only when a value really changes, so a retried request changes nothing.
+    A user's new thread is theirs; another user's thread is refused.
     """
     fields = given(changes)
-    if "userId" in fields or "userIdentifier" in fields:
+    owner_fields: dict[str, Any] = {}
+    if not access.everything:
+        await require_writable_thread(
+            session, access=access, thread_id=thread_id, missing=not_yours("thread", thread_id)
+        )
+        owner_fields = _user_owner_fields(fields, access)
+        fields.pop("userId", None)
+        fields.pop("userIdentifier", None)
+    elif "userId" in fields or "userIdentifier" in fields:
         fields["userId"], fields["userIdentifier"] = await _owner(
             session, user_id=fields.get("userId"), identifier=fields.get("userIdentifier")
         )
     patch = fields.pop("metadata", None)
-    new_row = {"id": thread_id, "createdAt": now, "updatedAt": now, **fields}
+    new_row = {"id": thread_id, "createdAt": now, "updatedAt": now, **owner_fields, **fields}
     if patch is not None:
         new_row["metadata"] = metadata_patch_to_new(patch)
     set_ = update_values(threads_table, {**fields, **({"metadata": patch} if patch is not None else {})})
@@ -165,7 +199,8 @@ async def upsert_thread(session: AsyncSession, *, thread_id: str, changes: Threa
         statement = statement.on_conflict_do_update(
             index_elements=[threads_table.c.id],
             set_={**set_, "updatedAt": now},
-            where=changed(threads_table, set_),
+            # For a user, also refuse a thread another user created since the check above.
+            where=sa.and_(changed(threads_table, set_), *access.owned_threads()),
         )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=[threads_table.c.id])
@@ -175,25 +210,36 @@ async def upsert_thread(session: AsyncSession, *, thread_id: str, changes: Threa
     unchanged = await session.get(Thread, thread_id)
     if unchanged is None:  # pragma: no cover - the row exists, or the insert returned it
         raise NotFound(f"thread {thread_id} does not exist")
+    if not access.owns(unchanged.userId):
+        raise not_yours("thread", thread_id)
     return unchanged
 
 
-async def ensure_thread(session: AsyncSession, *, thread_id: str, now: str) -> None:
-    """Create an empty thread when a step arrives before its thread (Chainlit queues them so)."""
-    statement = insert(session, threads_table).values(id=thread_id, createdAt=now, updatedAt=now)
+async def ensure_thread(session: AsyncSession, *, thread_id: str, access: Access, now: str) -> None:
+    """Create an empty thread when a step arrives before its thread (Chainlit queues them so); a
+    user's is theirs. Whether an existing thread may be written is for the caller to check."""
+    statement = insert(session, threads_table).values(
+        id=thread_id,
+        createdAt=now,
+        updatedAt=now,
+        userId=access.user_id,
+        userIdentifier=access.user_identifier,
+    )
     await session.execute(statement.on_conflict_do_nothing(index_elements=[threads_table.c.id]))
 
 
-async def delete_thread(session: AsyncSession, *, thread_id: str) -> list[str]:
+async def delete_thread(session: AsyncSession, *, thread_id: str, access: Access) -> list[str]:
     """Delete the thread with its steps, elements and feedback; returns the stored objects' keys.
 
     Children are deleted explicitly: databases Chainlit created from older DDL have no foreign keys.
     """
+    missing = NotFound(f"thread {thread_id} does not exist")
+    await require_writable_thread(session, access=access, thread_id=thread_id, missing=missing)
     exists = (
         await session.execute(sa.select(threads_table.c.id).where(threads_table.c.id == thread_id))
     ).first()
     if exists is None:
-        raise NotFound(f"thread {thread_id} does not exist")
+        raise missing
     await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.threadId == thread_id))
     object_keys = (
         (

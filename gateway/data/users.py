@@ -6,6 +6,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.data.access import Access
 from gateway.data.common import from_row, insert, metadata_patch_to_new
 from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
 from gateway.errors import Conflict
@@ -17,26 +18,41 @@ from gateway.timestamps import utc_now
 USER_ORDER = Ordering("users:identifier", (users_table.c.identifier, users_table.c.id))
 
 
-async def get_users_by_ids(session: AsyncSession, *, ids: Sequence[str]) -> dict[str, User]:
-    rows = (await session.execute(sa.select(User).where(users_table.c.id.in_(list(ids))))).scalars()
-    return {row.id: row for row in rows}
+async def get_users_by_ids(session: AsyncSession, *, ids: Sequence[str], access: Access) -> dict[str, User]:
+    statement = sa.select(User).where(users_table.c.id.in_(list(ids)), *access.users())
+    return {row.id: row for row in (await session.execute(statement)).scalars()}
 
 
-async def get_users_by_identifiers(session: AsyncSession, *, identifiers: Sequence[str]) -> dict[str, User]:
-    statement = sa.select(User).where(users_table.c.identifier.in_(list(identifiers)))
+async def get_users_by_identifiers(
+    session: AsyncSession, *, identifiers: Sequence[str], access: Access
+) -> dict[str, User]:
+    statement = sa.select(User).where(users_table.c.identifier.in_(list(identifiers)), *access.users())
     return {row.identifier: row for row in (await session.execute(statement)).scalars()}
 
 
-def _search(search: str | None) -> list[sa.ColumnElement[bool]]:
-    return [sql_icontains(users_table.c.identifier, search)] if search else []
+def _conditions(search: str | None, access: Access) -> list[sa.ColumnElement[bool]]:
+    return [*access.users(), *([sql_icontains(users_table.c.identifier, search)] if search else [])]
 
 
-async def list_users(session: AsyncSession, *, request: PageRequest, search: str | None = None) -> Page[User]:
-    return await fetch_page(session, model=User, ordering=USER_ORDER, request=request, where=_search(search))
+async def list_users(
+    session: AsyncSession, *, request: PageRequest, access: Access, search: str | None = None
+) -> Page[User]:
+    return await fetch_page(
+        session, model=User, ordering=USER_ORDER, request=request, where=_conditions(search, access)
+    )
 
 
-async def count_users(session: AsyncSession, *, search: str | None = None) -> int:
-    return await count_rows(session, model=User, where=_search(search))
+async def count_users(session: AsyncSession, *, access: Access, search: str | None = None) -> int:
+    return await count_rows(session, model=User, where=_conditions(search, access))
+
+
+async def ensure_user(session: AsyncSession, *, identifier: str) -> User:
+    """The user with this identifier, created if missing (a token's first request)."""
+    values = {"id": new_id(), "identifier": identifier, "metadata": {}, "createdAt": utc_now()}
+    statement = insert(session, users_table).values(values)
+    await session.execute(statement.on_conflict_do_nothing(index_elements=[users_table.c.identifier]))
+    found = await session.execute(sa.select(User).where(users_table.c.identifier == identifier))
+    return found.scalars().one()
 
 
 async def upsert_user(

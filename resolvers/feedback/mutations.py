@@ -28,6 +28,7 @@ class FeedbackMutations:
                 session,
                 for_id=for_id,
                 value=input.value,
+                access=info.context.access,
                 comment=KEEP if input.comment is strawberry.UNSET else input.comment,
                 feedback_id=feedback_id,
             )
@@ -37,5 +38,5 @@ class FeedbackMutations:
     async def delete_feedback(self, info: Info, id: strawberry.ID) -> DeletePayload:
         feedback_id = parse_id(id, "id")
         async with info.context.write() as session:
-            await feedback.delete_feedback(session, feedback_id=feedback_id)
+            await feedback.delete_feedback(session, feedback_id=feedback_id, access=info.context.access)
         return DeletePayload(id=strawberry.ID(feedback_id))

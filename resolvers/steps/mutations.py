@@ -121,7 +121,12 @@ class StepMutations:
         step_id, thread_id, changes = step_changes(input)
         async with info.context.write() as session:
             row = await steps.upsert_step(
-                session, step_id=step_id, thread_id=thread_id, changes=changes, now=utc_now()
+                session,
+                step_id=step_id,
+                thread_id=thread_id,
+                changes=changes,
+                access=info.context.access,
+                now=utc_now(),
             )
         return Step.from_row(row)
 
@@ -131,7 +136,9 @@ class StepMutations:
     async def append_step_output(self, info: Info, id: strawberry.ID, delta: str) -> Step:
         step_id = parse_id(id, "id")
         async with info.context.write() as session:
-            row = await steps.append_step_output(session, step_id=step_id, delta=delta)
+            row = await steps.append_step_output(
+                session, step_id=step_id, delta=delta, access=info.context.access
+            )
         return Step.from_row(row)
 
     @strawberry.mutation(
@@ -156,7 +163,12 @@ class StepMutations:
                     step_id, thread_id, changes = step_changes(step_input)
                     async with session.begin_nested():
                         row = await steps.upsert_step(
-                            session, step_id=step_id, thread_id=thread_id, changes=changes, now=created_if_new
+                            session,
+                            step_id=step_id,
+                            thread_id=thread_id,
+                            changes=changes,
+                            access=info.context.access,
+                            now=created_if_new,
                         )
                     results.append(
                         IngestResult(
@@ -183,5 +195,5 @@ class StepMutations:
     async def delete_step(self, info: Info, id: strawberry.ID) -> DeletePayload:
         step_id = parse_id(id, "id")
         async with info.context.write() as session:
-            await steps.delete_step(session, step_id=step_id)
+            await steps.delete_step(session, step_id=step_id, access=info.context.access)
         return DeletePayload(id=strawberry.ID(step_id))

@@ -24,7 +24,11 @@ class StepQueries:
         request = page_request(first, after)
         return await list_connection(
             info.context.db,
-            fetch=lambda session: steps.list_favorite_steps(session, user_id=owner, request=request),
-            count=lambda session: steps.count_favorite_steps(session, user_id=owner),
+            fetch=lambda session: steps.list_favorite_steps(
+                session, user_id=owner, request=request, access=info.context.access
+            ),
+            count=lambda session: steps.count_favorite_steps(
+                session, user_id=owner, access=info.context.access
+            ),
             node=Step.from_row,
         )

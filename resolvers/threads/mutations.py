@@ -54,12 +54,14 @@ class ThreadMutations:
             createdAt=KEEP if input.created_at is strawberry.UNSET else input.created_at,
         )
         async with info.context.write() as session:
-            row = await threads.upsert_thread(session, thread_id=thread_id, changes=changes, now=utc_now())
+            row = await threads.upsert_thread(
+                session, thread_id=thread_id, changes=changes, access=info.context.access, now=utc_now()
+            )
         return Thread.from_row(row)
 
     @strawberry.mutation(description="Delete a thread with its steps, elements and feedback.")
     async def delete_thread(self, info: Info, id: strawberry.ID) -> DeletePayload:
         thread_id = parse_id(id, "id")
         async with info.context.write() as session:
-            await threads.delete_thread(session, thread_id=thread_id)
+            await threads.delete_thread(session, thread_id=thread_id, access=info.context.access)
         return DeletePayload(id=strawberry.ID(thread_id))

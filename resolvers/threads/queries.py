@@ -68,12 +68,14 @@ class ThreadOrder:
 
 @strawberry.type
 class ThreadQueries:
-    @strawberry.field(description="A thread by id.")
+    @strawberry.field(description="A thread by id: a user's own, or one shared with everyone (read-only).")
     async def thread(self, info: Info, id: strawberry.ID) -> Thread | None:
         row = await info.context.loaders.thread_by_id.load(parse_id(id, "id"))
         return Thread.from_row(row) if row else None
 
-    @strawberry.field(description="Threads, most recently active first unless `orderBy` says otherwise.")
+    @strawberry.field(
+        description="Threads, most recently active first unless `orderBy` says otherwise; a user's own only."
+    )
     async def threads(
         self,
         info: Info,
@@ -95,7 +97,10 @@ class ThreadQueries:
                 request=request,
                 order_field=order.field.value,
                 descending=order.direction is OrderDirection.DESC,
+                access=info.context.access,
             ),
-            count=lambda session: threads.count_threads(session, thread_filter=thread_filter),
+            count=lambda session: threads.count_threads(
+                session, thread_filter=thread_filter, access=info.context.access
+            ),
             node=Thread.from_row,
         )

@@ -1,7 +1,7 @@
 import strawberry
 
 from gateway.data import users
-from gateway.errors import BadUserInput
+from gateway.errors import BadUserInput, Forbidden
 from resolvers.context import Info
 from resolvers.ids import parse_optional_id
 from resolvers.scalars import JSONObject
@@ -19,11 +19,20 @@ class UserInput:
 
 @strawberry.type
 class UserMutations:
-    @strawberry.mutation(description="Create a user or update it. Retrying changes nothing.")
+    @strawberry.mutation(
+        description="Create a user or update it. Retrying changes nothing. A user may update only "
+        "their own metadata."
+    )
     async def upsert_user(self, info: Info, input: UserInput) -> User:
         user_id = parse_optional_id(input.id, "input.id")
         if not input.identifier.strip():
             raise BadUserInput("`identifier` must not be empty", field="identifier")
+        caller = info.context.caller
+        if caller.user_id is not None and (
+            input.identifier != caller.name or user_id not in (None, caller.user_id)
+        ):
+            # Not NOT_FOUND: the answer is the same whether or not the other user exists.
+            raise Forbidden("a user may only update themselves, under their own identifier")
         async with info.context.write() as session:
             row = await users.upsert_user(
                 session, identifier=input.identifier, user_id=user_id, metadata=input.metadata

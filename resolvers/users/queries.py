@@ -12,11 +12,17 @@ from resolvers.types import After, Before, PageSize, PageSizeFromEnd, User
 
 @strawberry.type
 class UserQueries:
-    @strawberry.field(description="The caller, from its credentials (null without authentication).")
+    @strawberry.field(
+        description="The calling user, from their token; null for a backend's API key and in open mode."
+    )
     async def viewer(self, info: Info) -> User | None:
-        return None
+        user_id = info.context.caller.user_id
+        if user_id is None:
+            return None
+        row = await info.context.loaders.user_by_id.load(user_id)
+        return User.from_row(row) if row else None
 
-    @strawberry.field(description="A user by id or by identifier (give one).")
+    @strawberry.field(description="A user by id or by identifier (give one); a user sees only themselves.")
     async def user(
         self, info: Info, id: strawberry.ID | None = None, identifier: str | None = None
     ) -> User | None:
@@ -29,7 +35,7 @@ class UserQueries:
             row = await loaders.user_by_identifier.load(identifier or "")
         return User.from_row(row) if row else None
 
-    @strawberry.field(description="Users ordered by identifier.")
+    @strawberry.field(description="Users ordered by identifier (a user sees only themselves).")
     async def users(
         self,
         info: Info,
@@ -44,7 +50,9 @@ class UserQueries:
         request = page_request(first, after, last, before)
         return await list_connection(
             info.context.db,
-            fetch=lambda session: users.list_users(session, request=request, search=search),
-            count=lambda session: users.count_users(session, search=search),
+            fetch=lambda session: users.list_users(
+                session, request=request, search=search, access=info.context.access
+            ),
+            count=lambda session: users.count_users(session, search=search, access=info.context.access),
             node=User.from_row,
         )
