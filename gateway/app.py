@@ -77,8 +77,8 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Requests that are no GraphQL request (no query, a body that is not JSON, variables that
         are not an object) get a GraphQL error with a code too, not strawberry's plain text."""
-        if scope["type"] != "http":
-            await websocket_refused(scope, receive, send)
+        if scope["type"] != "http":  # not routed here: /graphql is an HTTP route (no subscriptions yet)
+            await super().__call__(scope, receive, send)
             return
         try:
             request = Request(scope=scope, receive=receive)
@@ -158,12 +158,6 @@ def _check_preflight(request: Request) -> None:
             f"a {content_type} request must carry a non-empty `Apollo-Require-Preflight` or "
             "`X-Apollo-Operation-Name` header (cross-site request forgery protection)"
         )
-
-
-async def websocket_refused(scope: Scope, receive: Receive, send: Send) -> None:
-    """No subscriptions yet: close WebSocket handshakes instead of serving them unauthenticated."""
-    if scope["type"] == "websocket":
-        await WebSocket(scope, receive=receive, send=send).close(code=1008)
 
 
 def _error_response(message: str, code: str, status: int, **extensions: object) -> JSONResponse:

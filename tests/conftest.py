@@ -9,7 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,7 +224,14 @@ class StatementLog:
 
 @pytest.fixture
 def sql_statements(db: Database) -> Iterator[StatementLog]:
-    """The SQL statements the database runs (transaction control excluded)."""
+    """The SQL statements the open gateway's database runs (transaction control excluded)."""
+    with statement_log(db) as log:
+        yield log
+
+
+@contextmanager
+def statement_log(db: Database) -> Iterator[StatementLog]:
+    """The SQL statements `db` runs while the block runs (transaction control excluded)."""
     log = StatementLog()
 
     def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -234,9 +241,11 @@ def sql_statements(db: Database) -> Iterator[StatementLog]:
 
     for engine in db.engines:
         event.listen(engine.sync_engine, "before_cursor_execute", record)
-    yield log
-    for engine in db.engines:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield log
+    finally:
+        for engine in db.engines:
+            event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 def new_uuid() -> str:

@@ -49,7 +49,7 @@ OTHER_SECRET = "another-secret-0123456789abcdefghijklmnopqrstuvwxyz0123"
 
 async def refused(api: Api, query: str = THREADS, **headers: str) -> str:
     """Assert the request is refused as unauthenticated; returns the message."""
-    response = await api.post(query, **headers)
+    response = await api.post(query, None, **headers)
     assert response.status_code == 401, response.text
     assert response.headers.get("www-authenticate") == "Bearer"
     errors = response.json()["errors"]
@@ -85,7 +85,11 @@ def unsigned_token(**claims: Any) -> str:
 
 
 async def test_environment_key_in_either_header_reaches_everything(secured_api: Api) -> None:
-    for headers in (bearer(TEST_API_KEY), {"X-API-Key": TEST_API_KEY}, {"authorization": f"bearer {TEST_API_KEY}"}):
+    for headers in (
+        bearer(TEST_API_KEY),
+        {"X-API-Key": TEST_API_KEY},
+        {"authorization": f"bearer {TEST_API_KEY}"},
+    ):
         backend = secured_api.with_headers(**headers)
         assert (await backend.ok(THREADS))["threads"]["edges"] == []
         assert (await backend.ok(VIEWER))["viewer"] is None
@@ -148,10 +152,12 @@ async def test_user_token_names_the_viewer_and_creates_the_user_once(secured_api
     user = secured_api.with_headers(**bearer(user_token("ada@example.com")))
     first = await user.ok("{ viewer { id } }")
     assert await user.ok("{ viewer { id } }") == first
-    assert (await user.ok('{ users { totalCount } }'))["users"]["totalCount"] == 1
+    assert (await user.ok("{ users { totalCount } }"))["users"]["totalCount"] == 1
 
 
-async def test_unknown_user_is_refused_when_tokens_do_not_create_users(database_url: str, db: Database) -> None:
+async def test_unknown_user_is_refused_when_tokens_do_not_create_users(
+    database_url: str, db: Database
+) -> None:
     await clear_tables(db)
     async with running(secured_settings(database_url, jwt_create_users=False)) as app, client_of(app) as api:
         assert "newcomer" in await refused(api, VIEWER, **bearer(user_token("newcomer")))
@@ -193,7 +199,7 @@ async def test_configured_user_claim_names_the_user(database_url: str, db: Datab
 
 async def test_audience_and_issuer_are_required_when_configured(database_url: str, db: Database) -> None:
     await clear_tables(db)
-    right = {"aud": "chat-app", "iss": "https://id.example.com"}
+    right: dict[str, Any] = {"aud": "chat-app", "iss": "https://id.example.com"}
     settings = secured_settings(database_url, jwt_audience=right["aud"], jwt_issuer=right["iss"])
     async with running(settings) as app, client_of(app) as api:
         assert await viewer_of(api, user_token("ada", **right)) == "ada"
@@ -376,11 +382,16 @@ def test_serve_refuses_a_public_address_without_authentication(tmp_path: Path) -
 
 async def test_any_authentication_lifts_the_refusal(database_url: str, db: Database) -> None:
     await clear_tables(db)
-    public = {"database_url": database_url, "host": "0.0.0.0"}
+    public: dict[str, Any] = {"database_url": database_url, "host": "0.0.0.0"}
     with pytest.raises(OpenModeRefused):
         await decide_open_mode(Settings(**public), db)
-    for configured in ({"api_keys": "gw_some-key"}, {"jwt_secret": TEST_JWT_SECRET}, {"jwks_url": "http://x"}):
-        assert await decide_open_mode(Settings(**public, **configured), db) is False
+    configured: list[dict[str, Any]] = [
+        {"api_keys": "gw_k"},
+        {"jwt_secret": OTHER_SECRET},
+        {"jwks_url": "http://x"},
+    ]
+    for authentication in configured:
+        assert await decide_open_mode(Settings(**public, **authentication), db) is False
     assert await decide_open_mode(Settings(database_url=database_url, host="127.0.0.1"), db) is True
 
 

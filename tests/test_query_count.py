@@ -1,8 +1,9 @@
 """A read costs a number of SQL statements bounded by the depth of the query, not by its rows."""
 
 import pytest
+from starlette.applications import Starlette
 
-from tests.conftest import Api, StatementLog, new_uuid
+from tests.conftest import TEST_API_KEY, Api, StatementLog, new_uuid, statement_log, user_token
 
 HISTORY = """
 query($user: ID!) {
@@ -83,3 +84,21 @@ async def test_deeper_query_adds_one_statement_per_field_level(
     assert data["threads"]["edges"][0]["node"]["steps"]["totalCount"] == 12
     # threads + count, user, steps + count, feedback, elements, parent, children: 9, whatever the rows.
     assert sql_statements.count == 9, sql_statements.statements
+
+
+async def test_a_users_history_costs_one_statement_more_for_the_user_lookup(
+    secured_app: Starlette, secured_api: Api
+) -> None:
+    """Authorization rides in the statements that load the rows: a user's token adds the lookup of
+    its user, and nothing per level or per row."""
+    backend = secured_api.with_headers(Authorization=f"Bearer {TEST_API_KEY}")
+    user_id = await seed(backend, threads=20, steps_per_thread=12)
+    reader = secured_api.with_headers(Authorization=f"Bearer {user_token('reader')}")
+    with statement_log(secured_app.state.db) as log:
+        data = await reader.ok(HISTORY, user=user_id)
+    assert len(data["threads"]["edges"]) == 20
+    assert log.count == 4, log.statements
+    with statement_log(secured_app.state.db) as log:
+        deep = await reader.ok(HISTORY_DEEP, user=user_id)
+    assert deep["threads"]["totalCount"] == 20
+    assert log.count == 10, log.statements
