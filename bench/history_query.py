@@ -2,8 +2,9 @@
 
 Seeds a small and a large database (threads of one user among many users, each thread with its
 steps and some feedback), then times the frontend's history query (a user's 20 newest threads,
-each with its last 10 steps and their feedback) and a search, and prints the ratio large/small and
-the SQL statements each request ran. Run by hand:
+each with its last 10 steps and their feedback) and a search, with a backend's API key, and the
+history query again with the user's own token (whose authorization conditions ride in the same
+statements). Prints the ratio large/small and the SQL statements each request ran. Run by hand:
 
     .venv/bin/python bench/history_query.py [--backend sqlite|postgresql] [--small 1000] [--large 10000]
 
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 import httpx
+import jwt
 import sqlalchemy as sa
 from scratch import scratch_database
 from sqlalchemy import event
@@ -31,6 +33,8 @@ from gateway.migrate import upgrade_database
 from gateway.tables import feedbacks_table, steps_table, threads_table, users_table
 
 STEPS_PER_THREAD = 20
+BENCH_KEY = "gw_bench-key"
+BENCH_SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 HISTORY = """
 query($user: ID!) {
   threads(first: 20, filter: {userId: $user}) {
@@ -48,8 +52,9 @@ def _timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", moment) + f".{int(seconds * 1000) % 1000:03d}Z"
 
 
-async def seed(db: Database, threads: int) -> str:
-    """`threads` threads over 100 users; returns the id of the user whose history is read."""
+async def seed(db: Database, threads: int) -> tuple[str, str]:
+    """`threads` threads over 100 users; returns the id and identifier of the user whose history
+    is read."""
     rng = random.Random(7)
     users = [
         {"id": new_id(), "identifier": f"user{index}@example.com", "metadata": {}} for index in range(100)
@@ -107,29 +112,36 @@ async def seed(db: Database, threads: int) -> str:
         async with db.engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await autocommit.execute(sa.text("ANALYZE"))
-    return str(users[0]["id"])
+    return str(users[0]["id"]), str(users[0]["identifier"])
 
 
 async def measure(url: str, threads: int, repeats: int) -> dict[str, Any]:
     await upgrade_database(url)
-    app = create_app(Settings(database_url=url, auto_migrate=False))
+    settings = Settings(database_url=url, auto_migrate=False, api_keys=BENCH_KEY, jwt_secret=BENCH_SECRET)
+    app = create_app(settings)
     db: Database = app.state.db
     statements: list[str] = []
     for engine in db.engines:
         event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     try:
-        user_id = await seed(db, threads)
+        user_id, identifier = await seed(db, threads)
+        token = jwt.encode({"sub": identifier, "exp": int(time.time()) + 3600}, BENCH_SECRET, "HS256")
         results: dict[str, Any] = {}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as http:
-            for name, query, variables in (
-                ("history", HISTORY, {"user": user_id}),
-                ("search", SEARCH, {"user": user_id, "term": "TOPIC 42"}),
+            for name, query, variables, credential in (
+                ("history", HISTORY, {"user": user_id}, BENCH_KEY),
+                ("search", SEARCH, {"user": user_id, "term": "TOPIC 42"}, BENCH_KEY),
+                ("as user", HISTORY, {"user": user_id}, token),
             ):
                 timings = []
                 for _ in range(repeats):
                     statements.clear()
                     began = time.perf_counter()
-                    response = await http.post("/graphql", json={"query": query, "variables": variables})
+                    response = await http.post(
+                        "/graphql",
+                        json={"query": query, "variables": variables},
+                        headers={"Authorization": f"Bearer {credential}"},
+                    )
                     timings.append(time.perf_counter() - began)
                     assert not response.json().get("errors"), response.text
                 counted = [
@@ -177,12 +189,13 @@ async def main() -> None:
         small = await with_database(backend, args.small, args.repeats)
         large = await with_database(backend, args.large, args.repeats)
         print(f"{backend}: {args.small} vs {args.large} threads ({STEPS_PER_THREAD} steps each)")
-        for name in ("history", "search"):
+        for name in ("history", "search", "as user"):
             (small_time, small_sql), (large_time, large_sql) = small[name], large[name]
             print(
                 f"  {name:8} median {small_time * 1000:7.1f} ms -> {large_time * 1000:7.1f} ms"
                 f"  ratio {large_time / small_time:5.2f}  SQL statements {small_sql} -> {large_sql}"
             )
+        print(f"  history as the user / with a key: {large['as user'][0] / large['history'][0]:5.2f}")
         if "plan" in large:
             print(f"  thread list plan: {large['plan']}")
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
-from gateway.auth import Authenticator
+from gateway.auth import NOBODY, Authenticator
 from gateway.config import Settings
 from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
@@ -82,7 +82,9 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             return
         try:
             request = Request(scope=scope, receive=receive)
-            if not self._is_ide_page(request):
+            if self._is_ide_page(request):
+                scope["state"]["caller"] = NOBODY  # the page runs no operation
+            else:
                 _check_preflight(request)
                 scope["state"]["caller"] = await self.auth.authenticate(
                     request.headers, request.client.host if request.client else None

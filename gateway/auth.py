@@ -55,6 +55,7 @@ class CallerKind(enum.Enum):
     BACKEND = "backend"
     USER = "user"
     DEVELOPER = "developer"  # open development mode: no credentials configured, loopback only
+    NOBODY = "nobody"  # a request that runs no operation (the GraphiQL page): reaches no row
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,14 @@ class Caller:
     def access(self) -> Access:
         if self.kind is CallerKind.USER:
             return Access(user_id=self.user_id, user_identifier=self.name)
+        if self.kind is CallerKind.NOBODY:
+            return NO_ROWS
         return EVERYTHING
 
 
 DEVELOPER = Caller(CallerKind.DEVELOPER, "open development mode")
+NOBODY = Caller(CallerKind.NOBODY, "nobody")
+NO_ROWS = Access(user_id="00000000-0000-0000-0000-000000000000")  # the nil UUID: no user's id
 
 
 class OpenModeRefused(RuntimeError):

@@ -33,6 +33,7 @@ from graphql import (
     VariableNode,
     get_named_type,
     validate,
+    value_from_ast_untyped,
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
@@ -186,7 +187,10 @@ class QueryLimits(SchemaExtension):
             tokens = count_tokens(query)
             if tokens is not None and tokens > limits.max_tokens:
                 error = QueryLimitExceeded("MAX_TOKENS_EXCEEDED", "token count", tokens, limits.max_tokens)
-                raise GraphQLError(error.message, original_error=error)
+                # Raised before parsing, this error skips `ErrorCodes`' shaping: it carries its code.
+                raise GraphQLError(
+                    error.message, original_error=error, extensions={**error.extensions, "code": error.code}
+                )
         yield
 
     def on_execute(self) -> Iterator[None]:
@@ -227,9 +231,14 @@ class QueryLimits(SchemaExtension):
         root = schema.get_root_type(operation.operation)
         if root is None:
             return None
-        measures = OperationMeasurer(schema, fragments, context.variables or {}).measure(
-            operation.selection_set, root
-        )
+        # A variable not sent takes its default: a page size hidden there costs what it fetches.
+        defaults = {
+            definition.variable.name.value: value_from_ast_untyped(definition.default_value)
+            for definition in operation.variable_definitions or ()
+            if definition.default_value is not None
+        }
+        variables = {**defaults, **(context.variables or {})}
+        measures = OperationMeasurer(schema, fragments, variables).measure(operation.selection_set, root)
         if measures.depth > limits.max_depth:
             return QueryLimitExceeded("MAX_DEPTH_EXCEEDED", "depth", measures.depth, limits.max_depth)
         if measures.cost > limits.max_cost:
