@@ -31,7 +31,7 @@ logger = logging.getLogger("gateway.auth")
 
 API_KEY_PREFIX = "gw_"
 JWKS_ALGORITHMS = ("RS256", "ES256")
-JWKS_MIN_REFRESH_SECONDS = 10.0  # an unknown key id refetches the JWKS at most this often
+JWKS_MIN_REFRESH_SECONDS = 10.0  # the JWKS is fetched at most this often (unknown key ids, failures)
 AUTH_SETTINGS_HINT = (
     "set GATEWAY_API_KEYS, GATEWAY_JWT_SECRET or GATEWAY_JWKS_URL, "
     "or create a key with `gateway api-key create`"
@@ -109,12 +109,16 @@ class JwksKeys:
         self.http = http
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fetched_at = -float("inf")
+        self._attempted_at = -float("inf")
         self._lock = asyncio.Lock()
 
     async def key(self, key_id: str | None) -> jwt.PyJWK:
-        age = time.monotonic() - self._fetched_at
-        if age > self.cache_seconds or (key_id not in self._keys and age > JWKS_MIN_REFRESH_SECONDS):
+        now = time.monotonic()
+        stale = now - self._fetched_at > self.cache_seconds
+        if (stale or key_id not in self._keys) and now - self._attempted_at > JWKS_MIN_REFRESH_SECONDS:
             await self._refresh()
+        if not self._keys:
+            raise Unauthenticated("user tokens cannot be checked now: the JWKS is unreachable")
         if key_id is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
         found = self._keys.get(key_id)
@@ -124,8 +128,11 @@ class JwksKeys:
 
     async def _refresh(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._fetched_at <= JWKS_MIN_REFRESH_SECONDS:
-                return  # another request refreshed while this one waited
+            if time.monotonic() - self._attempted_at <= JWKS_MIN_REFRESH_SECONDS:
+                return  # another request fetched (or failed to) while this one waited
+            # Recorded before fetching: while the provider fails or hangs, requests do not queue
+            # up behind one fetch after another; they use the keys known, or fail fast.
+            self._attempted_at = time.monotonic()
             try:
                 response = await self.http.get(self.url, timeout=10)
                 response.raise_for_status()
@@ -133,10 +140,6 @@ class JwksKeys:
             except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
                 # Keep serving with the keys already known; tokens signed by them still pass.
                 logger.warning("could not fetch the JWKS at %s: %s", self.url, error)
-                if not self._keys:
-                    raise Unauthenticated(
-                        "user tokens cannot be checked now: the JWKS is unreachable"
-                    ) from error
                 return
             self._keys = {key.key_id: key for key in key_set.keys}
             self._fetched_at = time.monotonic()
@@ -162,7 +165,15 @@ def credential_of(headers: Mapping[str, str]) -> Credential | None:
 
 
 def _looks_like_jwt(token: str) -> bool:
-    return token.count(".") == 2 and not token.startswith(API_KEY_PREFIX)
+    """A JWT has a header that decodes; an API key (ours start `gw_`, but GATEWAY_API_KEYS may hold
+    anything, dots included) does not."""
+    if token.count(".") != 2 or token.startswith(API_KEY_PREFIX):
+        return False
+    try:
+        jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return False
+    return True
 
 
 class Authenticator:
@@ -218,6 +229,8 @@ class Authenticator:
         async with self.db.session() as session:
             stored = await api_keys.find_live_key(session, key_hash=key_hash)
         if stored is None:
+            if key.count(".") == 2:  # shaped like a JWT, but its header does not decode
+                raise Unauthenticated("the token is neither a known API key nor a valid JWT")
             raise Unauthenticated("the API key is not valid (unknown or revoked)")
         return Caller(CallerKind.BACKEND, stored.name)
 

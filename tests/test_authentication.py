@@ -183,7 +183,7 @@ BAD_TOKENS: dict[str, tuple[Callable[[], str], str]] = {
     "without-sub": (lambda: jwt.encode({"exp": _now() + 60}, TEST_JWT_SECRET, algorithm="HS256"), "sub"),
     "wrong-secret": (lambda: user_token("ada", secret=OTHER_SECRET), "signature"),
     "alg-none": (lambda: unsigned_token(sub="ada", exp=_now() + 60), "'none'"),
-    "garbage": (lambda: "not.a.jwt", "not a valid JWT"),
+    "garbage": (lambda: "not.a.jwt", "nor a valid JWT"),
 }
 
 
@@ -257,11 +257,15 @@ class JwksServer:
     def __init__(self) -> None:
         self.published: list[dict[str, Any]] = []
         self.requests = 0
+        self.failing = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests += 1
+                if server.failing:
+                    self.send_error(503)
+                    return
                 body = json.dumps({"keys": server.published}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -355,6 +359,31 @@ async def test_unreachable_jwks_refuses_tokens_without_failing(
     message = await refused(jwks_api, VIEWER, **bearer(SigningKey("rsa-1", "RS256").token("ada")))
     assert "unreachable" in message
     assert (await jwks_api.with_headers(**bearer(TEST_API_KEY)).ok(THREADS))["threads"]["edges"] == []
+
+
+async def test_a_failing_jwks_keeps_the_known_keys_and_is_not_fetched_per_request(
+    jwks_server: JwksServer, database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await clear_tables(db)
+    monkeypatch.setattr("gateway.auth.JWKS_MIN_REFRESH_SECONDS", 0.5)
+    signing = SigningKey("rsa-1", "RS256")
+    jwks_server.publish(signing)
+    settings = Settings(database_url=database_url, auto_migrate=False, jwks_url=jwks_server.url)
+    async with running(settings.model_copy(update={"jwks_cache_seconds": 0})) as app, client_of(app) as api:
+        assert await viewer_of(api, signing.token("ada")) == "ada"
+        jwks_server.failing = True  # the provider goes down; every cached key is stale at once
+        await asyncio.sleep(0.6)
+        for _ in range(5):
+            assert await viewer_of(api, signing.token("ada")) == "ada"
+        # One failed refetch, then none for JWKS_MIN_REFRESH_SECONDS: no queue of slow fetches.
+        assert jwks_server.requests == 2
+
+
+async def test_an_environment_key_with_dots_is_a_key_not_a_token(database_url: str, db: Database) -> None:
+    await clear_tables(db)
+    settings = Settings(database_url=database_url, auto_migrate=False, api_keys="backend.key.v2")
+    async with running(settings) as app, client_of(app) as api:
+        assert (await api.with_headers(**bearer("backend.key.v2")).ok(VIEWER))["viewer"] is None
 
 
 # 4. Open development mode
