@@ -164,6 +164,12 @@ def credential_of(headers: Mapping[str, str]) -> Credential | None:
     return Credential(token.strip(), "Authorization")
 
 
+def _loopback_host(headers: Mapping[str, str]) -> bool:
+    host = headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return is_loopback(name.strip("[]"))
+
+
 def _looks_like_jwt(token: str) -> bool:
     """A JWT has a header that decodes; an API key (ours start `gw_`, but GATEWAY_API_KEYS may hold
     anything, dots included) does not."""
@@ -207,9 +213,12 @@ class Authenticator:
         if self.open_mode is None:
             await self.start()
         if self.open_mode:
-            if client_host is not None and not is_loopback(client_host):
+            # The Host check stops DNS rebinding: a web page whose name resolves to 127.0.0.1
+            # would otherwise reach this mode from the developer's own browser.
+            if client_host is None or not is_loopback(client_host) or not _loopback_host(headers):
                 raise Unauthenticated(
-                    "the gateway runs in open development mode and answers loopback callers only"
+                    "the gateway runs in open development mode and answers loopback callers only, "
+                    "addressed as localhost, 127.0.0.1 or [::1]"
                 )
             return DEVELOPER
         credential = credential_of(headers)

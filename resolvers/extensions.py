@@ -3,6 +3,7 @@ with the request id; requests that cannot be run or stored (NUL characters, valu
 several operations without a name) are refused before anything runs."""
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.errors import BadUserInput, GatewayError
 logger = logging.getLogger("gateway.errors")
 NUL_PROBLEM = "strings must not contain NUL (\\u0000) characters"
 MAX_JSON_DEPTH = 64
+SUGGESTION = re.compile(r" ?Did you mean .*\?$")
 
 
 class _StringLiterals(Visitor):
@@ -115,7 +117,12 @@ class ErrorCodes(SchemaExtension):
                 code = "GRAPHQL_VALIDATION_FAILED"
             else:
                 code = "BAD_USER_INPUT"
-            return _with_code(error, error.message, (error.extensions or {}).get("code", code), {})
+            message = error.message
+            limits = getattr(self.execution_context.context, "limits", None)
+            if limits is not None and not limits.introspection:
+                # graphql-core's suggestions would describe the schema introspection hides.
+                message = SUGGESTION.sub("", message)
+            return _with_code(error, message, (error.extensions or {}).get("code", code), {})
         request_id = self._request_id()
         logger.error(
             "unexpected error in %s (request %s)",

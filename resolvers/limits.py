@@ -4,7 +4,9 @@ static cost of the operation to run. The cost of an accepted query is reported i
 
 The cost counts the objects a query may return. Every object field costs 1 plus what is selected
 under it; a connection costs 1 plus its page size (`first` or `last`, 20 when neither is given)
-times the cost of one of its nodes; `edges` and `pageInfo` add nothing of their own. The history
+times the cost of one of its nodes; `edges` and `pageInfo` add nothing of their own. A plain
+list of objects counts as many items as the list argument it is given (`ingestSteps(steps:)`), or
+LIST_ESTIMATE items (a step's `elements`). The history
 query (20 threads, each with its last 10 steps and their feedback) costs 1 + 20 * (1 + 1 + 10 * 2)
 = 441. Introspection fields (`__schema`, `__type`) are left out of depth and cost: GraphiQL's own
 introspection query is deep but cheap; turn introspection off instead where it should not run.
@@ -26,12 +28,15 @@ from graphql import (
     InlineFragmentNode,
     IntValueNode,
     Lexer,
+    ListValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
     Source,
     TokenKind,
     VariableNode,
     get_named_type,
+    get_nullable_type,
+    is_list_type,
     validate,
     value_from_ast_untyped,
 )
@@ -42,6 +47,7 @@ from gateway.data.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from gateway.errors import GatewayError
 
 FREE_TYPES = ("PageInfo",)  # with every `...Edge` type: parts of a connection, not objects of their own
+LIST_ESTIMATE = 5  # items assumed in a list field with no list argument to count (a step's elements)
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class OperationMeasurer:
             if definition is None:
                 continue
             child_type = get_named_type(definition.type)
+            returns_list = is_list_type(get_nullable_type(definition.type))
             if field.selection_set is None:
                 depth = max(depth, 1)
                 continue
@@ -119,6 +126,8 @@ class OperationMeasurer:
                 cost += 1 + self._page_size(field) * inner.cost
             elif child_type.name.endswith("Edge") or child_type.name in FREE_TYPES:
                 cost += inner.cost
+            elif returns_list:
+                cost += self._list_length(field) * (1 + inner.cost)
             else:
                 cost += 1 + inner.cost
         return Measures(depth, cost)
@@ -151,10 +160,22 @@ class OperationMeasurer:
                 value = int(argument.value.value)
             elif isinstance(argument.value, VariableNode):
                 value = self.variables.get(argument.value.name.value)
-            if isinstance(value, int):
+            # JSON's 100.0 is a valid Int too, and runs as 100.
+            if isinstance(value, int | float) and float(value).is_integer():
                 # A size over the maximum is refused when the field runs, with its own message.
-                return max(0, min(value, MAX_PAGE_SIZE))
+                return max(0, min(int(value), MAX_PAGE_SIZE))
         return DEFAULT_PAGE_SIZE
+
+    def _list_length(self, field: FieldNode) -> int:
+        """Items of the first list argument (a batch's length), else LIST_ESTIMATE."""
+        for argument in field.arguments or ():
+            if isinstance(argument.value, ListValueNode):
+                return len(argument.value.values)
+            if isinstance(argument.value, VariableNode):
+                value = self.variables.get(argument.value.name.value)
+                if isinstance(value, list):
+                    return len(value)
+        return LIST_ESTIMATE
 
 
 def _alias_count(selection_sets: list[SelectionSetNode]) -> int:

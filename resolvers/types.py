@@ -55,10 +55,10 @@ class Thread:
     updated_at: DateTime | None = strawberry.field(
         description="Last write to the thread or its steps (never moved by reads); the list's order."
     )
-    user_id: strawberry.ID | None
-    user_identifier: str | None
     tags: list[str]
     metadata: JSONObject
+    owner_id: strawberry.Private[str | None]
+    owner_identifier: strawberry.Private[str | None]
 
     @classmethod
     def from_row(cls, row: tables.Thread) -> "Thread":
@@ -67,17 +67,28 @@ class Thread:
             name=row.name,
             created_at=DateTime(row.createdAt) if row.createdAt else None,
             updated_at=DateTime(row.updatedAt) if row.updatedAt else None,
-            user_id=strawberry.ID(row.userId) if row.userId else None,
-            user_identifier=row.userIdentifier,
             tags=list(row.tags or []),
             metadata=JSONObject(row.metadata_ or {}),
+            owner_id=row.userId,
+            owner_identifier=row.userIdentifier,
         )
 
-    @strawberry.field(description="The thread's owner.")
+    # A thread shared with other users does not tell them who owns it.
+
+    @strawberry.field(description="The owner's id (null for other users reading a shared thread).")
+    def user_id(self, info: Info) -> strawberry.ID | None:
+        owner = self.owner_id if info.context.access.owns(self.owner_id) else None
+        return strawberry.ID(owner) if owner else None
+
+    @strawberry.field(description="The owner's identifier (null for other users reading a shared thread).")
+    def user_identifier(self, info: Info) -> str | None:
+        return self.owner_identifier if info.context.access.owns(self.owner_id) else None
+
+    @strawberry.field(description="The thread's owner (null for other users reading a shared thread).")
     async def user(self, info: Info) -> User | None:
-        if self.user_id is None:
+        if self.owner_id is None:
             return None
-        row = await info.context.loaders.user_by_id.load(self.user_id)
+        row = await info.context.loaders.user_by_id.load(self.owner_id)
         return User.from_row(row) if row else None
 
     @strawberry.field(description="The thread's steps, oldest first: `last: 10` is the latest ten.")

@@ -164,7 +164,7 @@ async def running(settings: Settings) -> AsyncIterator[Starlette]:
 @asynccontextmanager
 async def client_of(application: Starlette, client_host: str = "127.0.0.1") -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=application, client=(client_host, 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         yield Api(http)
 
 

@@ -396,6 +396,11 @@ async def test_open_mode_answers_loopback_callers_only(api: Api, app: Starlette)
         async with client_of(app, client_host=host) as remote:
             assert "loopback" in await refused(remote)
             await refused(remote, THREADS, **bearer(TEST_API_KEY))
+    # DNS rebinding: a page of evil.example resolved to 127.0.0.1 calls from the developer's browser.
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        assert "loopback" in await refused(api, THREADS, Host=host)
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert (await api.post(THREADS, Host=host)).status_code == 200
 
 
 def test_serve_refuses_a_public_address_without_authentication(tmp_path: Path) -> None:

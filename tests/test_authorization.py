@@ -103,7 +103,9 @@ class Case:
     alice: Expected
     bob: Expected
     backend: Expected
-    probe: str | None = None  # the variable holding the target id, for the probing check
+    # The variable holding the target id ("i.threadId": a field of variable i): Bob's refusal must
+    # read the same for an id never used.
+    probe: str | None = None
 
 
 def node_ids(connection: dict[str, Any]) -> set[str]:
@@ -269,20 +271,23 @@ CASES = [
     ),
     Case(
         "nested fields of a shared thread",
-        "query($id: ID!) { thread(id: $id) { user { identifier } "
+        "query($id: ID!) { thread(id: $id) { userId userIdentifier user { identifier } "
         "steps { edges { node { id } } } feedbacks { edges { node { id } } } } }",
         lambda w: {"id": w.shared},
         lambda data: (
             data["thread"]
             and (
+                data["thread"]["userId"],
+                data["thread"]["userIdentifier"],
                 data["thread"]["user"],
                 node_ids(data["thread"]["steps"]),
                 node_ids(data["thread"]["feedbacks"]),
             )
         ),
-        alice=lambda w: ({"identifier": ALICE}, {w.shared_step}, {w.shared_feedback}),
-        bob=lambda w: (None, {w.shared_step}, {w.shared_feedback}),  # the owner's user row stays hers
-        backend=lambda w: ({"identifier": ALICE}, {w.shared_step}, {w.shared_feedback}),
+        alice=lambda w: (w.alice, ALICE, {"identifier": ALICE}, {w.shared_step}, {w.shared_feedback}),
+        # Bob reads the conversation, not who had it.
+        bob=lambda w: (None, None, None, {w.shared_step}, {w.shared_feedback}),
+        backend=lambda w: (w.alice, ALICE, {"identifier": ALICE}, {w.shared_step}, {w.shared_feedback}),
     ),
     Case(
         "nested fields of a step",
@@ -419,6 +424,26 @@ CASES = [
         backend=lambda w: {"thread": {"userIdentifier": None}},
     ),
     Case(
+        "upsertStep moved to another thread",
+        UPSERT_STEP,
+        lambda w: {"i": {"id": w.bob_step, "threadId": w.private}},
+        field_of("upsertStep"),
+        alice="NOT_FOUND",
+        bob="CONFLICT",  # about his own step only: the same whichever thread he names
+        backend="CONFLICT",
+        probe="i.threadId",
+    ),
+    Case(
+        "upsertStep under another user's step",
+        UPSERT_STEP,
+        lambda w: {"i": {"id": w.fresh, "threadId": w.bobs, "parentId": w.shared_step, **STEP_INPUT}},
+        field_of("upsertStep"),
+        alice="NOT_FOUND",
+        bob="BAD_USER_INPUT",  # not even under a shared thread's step: nothing lands in Alice's view
+        backend=lambda w: {"id": w.fresh},
+        probe="i.parentId",
+    ),
+    Case(
         "appendStepOutput",
         'mutation($id: ID!) { appendStepOutput(id: $id, delta: "!") { output } }',
         lambda w: {"id": w.step},
@@ -476,6 +501,15 @@ CASES = [
         backend=lambda w: {"value": 0},
     ),
     Case(
+        "upsertFeedback reusing another user's feedback id",
+        "mutation($s: ID!, $f: ID!) { upsertFeedback(input: {forId: $s, value: 1, id: $f}) { id } }",
+        lambda w: {"s": w.bob_step, "f": w.feedback},
+        field_of("upsertFeedback"),
+        alice="NOT_FOUND",
+        bob="NOT_FOUND",
+        backend="CONFLICT",
+    ),
+    Case(
         "deleteFeedback",
         "mutation($id: ID!) { deleteFeedback(id: $id) { id } }",
         lambda w: {"id": w.feedback},
@@ -514,7 +548,7 @@ async def test_each_caller_gets_exactly_its_share(
         assert await snapshot(db) == before, "a refused request wrote something"
         if caller == "anonymous":
             assert response.status_code == 401
-        if expected == "NOT_FOUND" and case.probe is not None:
+        if caller == "bob" and case.probe is not None:
             await assert_same_as_missing(client, case, variables, body["errors"][0])
         return
     assert response.status_code == 200 and not body.get("errors"), body
@@ -525,8 +559,15 @@ async def assert_same_as_missing(
     client: Api, case: Case, variables: dict[str, Any], error: dict[str, Any]
 ) -> None:
     """Another user's row answers exactly as a row that never existed."""
-    target, missing = variables[case.probe or ""], new_uuid()
-    body = (await client.post(case.document, {**variables, case.probe or "": missing})).json()
+    name, _, field_name = (case.probe or "").partition(".")
+    missing = new_uuid()
+    if field_name:
+        target = variables[name][field_name]
+        probing = {**variables, name: {**variables[name], field_name: missing}}
+    else:
+        target = variables[name]
+        probing = {**variables, name: missing}
+    body = (await client.post(case.document, probing)).json()
     [missing_error] = body["errors"]
     assert missing_error["message"].replace(missing, target) == error["message"]
     assert missing_error["extensions"] == error["extensions"]

@@ -586,7 +586,7 @@ async def _check_graphql(url: str) -> None:
     app = create_app(Settings(database_url=url, auto_migrate=False))
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             graphql = GraphQL(http)
             await _check_thread_lists(graphql)
             await _check_trip_thread(graphql)
@@ -944,7 +944,7 @@ async def _check_chainlit_writes(connection: asyncpg.Connection, url: str) -> No
     app = create_app(Settings(database_url=url, auto_migrate=False))
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             data = await GraphQL(http)(
                 """query($user: ID!) { threads(filter: {userId: $user}, first: 1) { totalCount edges { node {
                      id tags metadata steps { edges { node { id output elements { name } } } } } } } }""",

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.config import Settings
 from gateway.database import Database
+from resolvers.limits import LIST_ESTIMATE
 from tests.conftest import TEST_API_KEY, Api, clear_tables, client_of, new_uuid, running, secured_settings
 from tests.test_errors import snapshot
 
@@ -129,6 +130,23 @@ async def test_a_variable_default_page_size_is_costed_as_it_runs(api: Api) -> No
     assert await cost_of(api, query) == 1 + 100
 
 
+async def test_a_page_size_sent_as_a_float_is_costed_as_it_runs(api: Api) -> None:
+    query = "query($n: Int) { threads(first: $n) { edges { node { id } } } }"
+    assert await cost_of(api, query, n=100.0) == await cost_of(api, query, n=100) == 1 + 100
+
+
+async def test_a_batch_costs_per_item(api: Api) -> None:
+    """A list field is not one object: `ingestSteps` costs each step it is given, and what is
+    selected under each (a list with no list argument counts LIST_ESTIMATE items)."""
+    batch = "mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { step { thread { name } } } }"
+    steps = [{"id": new_uuid(), "threadId": new_uuid(), "type": "run", "name": "n"} for _ in range(7)]
+    assert await cost_of(api, batch, s=steps) == 7 * (1 + 1 + 1)
+    elements = (
+        "{ threads(first: 2) { edges { node { steps(first: 3) { edges { node { elements { id } } } } } } } }"
+    )
+    assert await cost_of(api, elements) == 1 + 2 * (1 + 1 + 3 * (1 + LIST_ESTIMATE * 1))
+
+
 @pytest.mark.parametrize(("setting", "code", "figure"), LIMITS)
 async def test_over_a_cap_a_mutation_is_refused_and_writes_nothing(
     database_url: str, setting: str, code: str, figure: int
@@ -184,6 +202,12 @@ async def test_introspection_turned_off_refuses_only_introspection(database_url:
             assert [error["extensions"]["code"] for error in body["errors"]] == ["INTROSPECTION_DISABLED"]
         assert await api.ok("{ __typename }") == {"__typename": "Query"}
         assert await api.ok("{ threads { totalCount } }") == {"threads": {"totalCount": 0}}
+        # Nor do validation errors suggest the names introspection would have told.
+        error = await api.error("{ thred { id } }")
+        assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert "thred" in error["message"] and "Did you mean" not in error["message"], error
+    async with gateway(open_settings(database_url)) as (api, _):
+        assert "Did you mean 'thread'" in (await api.error("{ thred { id } }"))["message"]
 
 
 async def test_introspection_is_answered_by_default(api: Api) -> None:

@@ -80,6 +80,12 @@ def is_shared(metadata: dict[str, Any] | None) -> bool:
     return bool(metadata) and (metadata or {}).get("is_shared") is True
 
 
+def not_yours(kind: str, row_id: str, field: str = "id") -> NotFound:
+    """What a user reusing the id of another user's row gets: nothing about that row is told, only
+    that this id cannot be used."""
+    return NotFound(f"there is no {kind} {row_id} of yours; a new {kind} needs a new id", field=field)
+
+
 async def require_writable_thread(
     session: AsyncSession, *, access: Access, thread_id: str, missing: NotFound
 ) -> None:

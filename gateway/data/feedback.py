@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.access import Access, require_writable_thread
+from gateway.data.access import Access, not_yours, require_writable_thread
 from gateway.data.common import KEEP, Keep, from_row, insert
 from gateway.data.pagination import Ordering, Page, PageRequest, count_by_parent, fetch_pages_by_parent
 from gateway.errors import BadUserInput, Conflict, NotFound
@@ -62,8 +62,13 @@ async def upsert_feedback(
     if thread_id is None:
         raise missing_step
     await require_writable_thread(session, access=access, thread_id=thread_id, missing=missing_step)
+    if feedback_id is not None and not access.everything:
+        taken = sa.select(feedbacks_table.c.id).where(
+            feedbacks_table.c.id == feedback_id, sa.not_(sa.and_(*access.readable_feedbacks()))
+        )
+        if (await session.execute(taken)).first() is not None:
+            raise not_yours("feedback", feedback_id)
     if feedback_id is not None:
-        # Another user's feedback is not found here; reusing its id then fails as a plain conflict.
         other_step = (
             await session.execute(
                 sa.select(feedbacks_table.c.forId).where(

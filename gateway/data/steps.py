@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.access import Access, require_writable_thread
+from gateway.data.access import Access, not_yours, require_writable_thread
 from gateway.data.common import (
     KEEP,
     Keep,
@@ -28,7 +28,7 @@ from gateway.data.pagination import (
     fetch_page,
     fetch_pages_by_parent,
 )
-from gateway.data.threads import ensure_thread, not_yours
+from gateway.data.threads import ensure_thread
 from gateway.errors import BadUserInput, Conflict, NotFound
 from gateway.jsonops import sql_json_contains
 from gateway.tables import Step, elements_table, feedbacks_table, steps_table, threads_table
@@ -184,20 +184,41 @@ def _not_created(step_id: str) -> NotFound:
 
 
 async def _check_user_step_write(
-    session: AsyncSession, *, step_id: str, thread_id: str | None, access: Access, now: str
+    session: AsyncSession,
+    *,
+    step_id: str,
+    thread_id: str | None,
+    parent_id: str | None,
+    access: Access,
+    now: str,
 ) -> None:
-    """A user writes steps only in threads of their own (a missing thread is created theirs)."""
+    """A user writes steps only in threads of their own (a missing thread is created theirs), and
+    nests them only under steps of the same thread."""
     existing = (
         await session.execute(sa.select(steps_table.c.threadId).where(steps_table.c.id == step_id))
     ).first()
     if existing is not None:
         hidden = _not_created(step_id) if thread_id is None else not_yours("step", step_id)
-        await _writable_step(session, step_id=step_id, access=access, missing=hidden)
+        step = await _writable_step(session, step_id=step_id, access=access, missing=hidden)
+        if thread_id is not None and step.threadId != thread_id:
+            # Told before `thread_id` is looked at: the answer says nothing of that thread.
+            raise Conflict(
+                f"step {step_id} belongs to thread {step.threadId}, not {thread_id}", field="threadId"
+            )
+        thread_id = step.threadId
     if thread_id is not None:
         await ensure_thread(session, thread_id=thread_id, access=access, now=now)
         await require_writable_thread(
             session, access=access, thread_id=thread_id, missing=not_yours("thread", thread_id, "threadId")
         )
+    if parent_id is not None:
+        # The parent must already be in the step's own thread: a user cannot hang steps under
+        # (and so into the view of) another user's conversation, nor learn whether an id exists.
+        parent = sa.select(steps_table.c.id).where(
+            steps_table.c.id == parent_id, steps_table.c.threadId == thread_id
+        )
+        if (await session.execute(parent)).first() is None:
+            raise BadUserInput(f"parentId {parent_id} is not a step of this step's thread", field="parentId")
 
 
 async def upsert_step(
@@ -216,7 +237,14 @@ async def upsert_step(
     if fields.get("parentId") == step_id:
         raise BadUserInput("a step cannot be its own parent", field="parentId")
     if not access.everything:
-        await _check_user_step_write(session, step_id=step_id, thread_id=thread_id, access=access, now=now)
+        await _check_user_step_write(
+            session,
+            step_id=step_id,
+            thread_id=thread_id,
+            parent_id=fields.get("parentId"),
+            access=access,
+            now=now,
+        )
     patch = fields.pop("metadata", None)
     updates = {**fields, **({"metadata": patch} if patch is not None else {})}
     set_ = update_values(steps_table, updates)

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.access import Access, require_writable_thread
+from gateway.data.access import Access, not_yours, require_writable_thread
 from gateway.data.common import (
     KEEP,
     Keep,
@@ -99,12 +99,6 @@ def filter_conditions(thread_filter: ThreadFilter) -> list[sa.ColumnElement[bool
     if thread_filter.metadata is not None:
         conditions.append(sql_json_contains(threads.metadata, json.loads(thread_filter.metadata)))
     return conditions
-
-
-def not_yours(kind: str, row_id: str, field: str = "id") -> NotFound:
-    """What a user writing to another user's row gets: the row is not theirs to see, so nothing
-    about it is told; only that this id cannot be used."""
-    return NotFound(f"there is no {kind} {row_id} of yours; a new {kind} needs a new id", field=field)
 
 
 async def get_threads_by_ids(
