@@ -7,25 +7,29 @@ size cap, and the caller must authenticate (only the GraphiQL page itself is ser
 
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from cross_web import HTTPException
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
+from gateway.attachments import Attachments, UploadPolicy
 from gateway.auth import NOBODY, Authenticator
 from gateway.config import Settings
 from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
 from gateway.ids import new_id
 from gateway.migrate import upgrade_database
+from gateway.reaper import ObjectReaper
+from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
 from resolvers.context import GatewayContext
 from resolvers.limits import Limits
 from resolvers.schema import schema
@@ -37,6 +41,7 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SIMPLE_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "text/plain")
 # Headers of Apollo's CSRF prevention, which upload clients (apollo-upload-client...) already send.
 PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
+MULTIPART_OVERHEAD = 1024 * 1024  # the operations and map fields of an upload request
 HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413}
 
 
@@ -66,12 +71,19 @@ class RequestIdMiddleware:
 
 class GatewayGraphQL(GraphQL[GatewayContext, None]):
     def __init__(
-        self, db: Database, auth: Authenticator, limits: Limits, max_body_bytes: int, **kwargs: Any
+        self,
+        db: Database,
+        auth: Authenticator,
+        limits: Limits,
+        attachments: Attachments,
+        max_body_bytes: int,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(schema, **kwargs)
+        super().__init__(schema, multipart_uploads_enabled=True, **kwargs)
         self.db = db
         self.auth = auth
         self.limits = limits
+        self.attachments = attachments
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,8 +128,11 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         return self.graphql_ide is not None and self.should_render_graphql_ide(request)  # type: ignore[arg-type]
 
     def _capped(self, request: Request, receive: Receive) -> Receive:
-        """`receive`, refusing a body over the cap: at once by its Content-Length, else as it streams."""
+        """`receive`, refusing a body over the cap: at once by its Content-Length, else as it streams.
+        A multipart request (an upload) may be as large as an upload, plus its other fields."""
         cap = self.max_body_bytes
+        if request.headers.get("content-type", "").lower().startswith("multipart/"):
+            cap = self.attachments.policy.max_bytes + MULTIPART_OVERHEAD
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             raise _too_large(cap)
@@ -141,6 +156,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             request_id=request.scope["state"]["request_id"],
             caller=request.scope["state"]["caller"],
             limits=self.limits,
+            attachments=self.attachments,
             request=request,
             response=response,
         )
@@ -167,10 +183,53 @@ def _error_response(message: str, code: str, status: int, **extensions: object) 
     return JSONResponse(body, status)
 
 
+def local_file_route(store: LocalStore) -> Callable[[Request], Awaitable[Response]]:
+    """Serves a local object to whoever holds a URL `read_url` signed, until it expires: with its
+    content type and name, streamed from disk."""
+
+    async def serve_file(request: Request) -> Response:
+        key = request.path_params["key"]
+        query = request.query_params
+        expires, name, mime = query.get("expires", ""), query.get("name", ""), query.get("mime", "")
+        signed = store.signer.valid(query.get("signature", ""), "GET", key, expires, name, mime)
+        if not signed or not expires.isdigit() or int(expires) < time.time():
+            return _error_response("the link is invalid or has expired", "FORBIDDEN", 403)
+        try:
+            path = store.path_of(key)
+        except ValueError:
+            return _error_response("the link is invalid or has expired", "FORBIDDEN", 403)
+        if not path.is_file():
+            return _error_response("the file does not exist (any more)", "NOT_FOUND", 404)
+        return FileResponse(
+            path,
+            media_type=mime or "application/octet-stream",
+            headers={
+                "Content-Disposition": content_disposition(name),
+                "Cache-Control": "private, max-age=60",
+            },
+        )
+
+    return serve_file
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url)
     auth = Authenticator(settings, db)
+    secret = settings.url_signing_secret
+    store = open_store(
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_secret=secret.get_secret_value().encode() if secret else None,
+    )
+    reaper = ObjectReaper(db, store, interval=settings.reaper_interval_seconds)
+    attachments = Attachments(
+        store=store,
+        reaper=reaper,
+        policy=UploadPolicy.from_settings(settings),
+        url_expiry_seconds=settings.url_expiry_seconds,
+        public_url=settings.public_url,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -178,8 +237,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if settings.auto_migrate:
                 await upgrade_database(settings.database_url)
             await auth.start()
+            await store.start()
+            await reaper.start()
+            reaper.kick()  # deletions a previous run left to retry
             yield
         finally:
+            await reaper.stop()
+            await store.close()
             await auth.close()
             await db.dispose()
 
@@ -197,15 +261,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db,
         auth,
         limits,
+        attachments,
         settings.max_body_bytes,
         graphql_ide="graphiql" if settings.graphiql else None,
     )
-    app = Starlette(
-        routes=[Route("/graphql", graphql), Route("/healthz", health)],
-        lifespan=lifespan,
-    )
+    routes = [Route("/graphql", graphql), Route("/healthz", health)]
+    if isinstance(store, LocalStore):
+        routes.append(Route(FILES_ROUTE + "{key:path}", local_file_route(store), methods=["GET", "HEAD"]))
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(RequestIdMiddleware)
     app.state.db = db
     app.state.auth = auth
+    app.state.attachments = attachments
     app.state.settings = settings
     return app

@@ -50,6 +50,22 @@ class Settings(BaseSettings):
         default=True, description="a token's first request creates its user when missing"
     )
 
+    # Element bytes (storage_url above): uploads and read URLs.
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="largest element upload")
+    allowed_mime_types: str = Field(
+        default="", description="comma-separated MIME types uploads may have (`image/*` allowed); empty: any"
+    )
+    url_expiry_seconds: int = Field(default=3600, ge=1, description="how long element read URLs work")
+    url_signing_secret: SecretStr | None = Field(
+        default=None, description="key of local files' signed URLs; set it when replicas share files"
+    )
+    public_url: str | None = Field(
+        default=None, description="the gateway's external base URL, for local files' URLs"
+    )
+    reaper_interval_seconds: float = Field(
+        default=30.0, gt=0, description="how often failed object deletions are retried at most"
+    )
+
     # Limits, checked before a query runs.
     max_query_depth: int = Field(default=15, ge=1)
     max_query_aliases: int = Field(default=30, ge=0)

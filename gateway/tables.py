@@ -163,3 +163,19 @@ class ApiKey(SQLModel, table=True):
 
 
 api_keys_table: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]
+
+
+class ObjectDeletion(SQLModel, table=True):
+    """A stored object to delete (the outbox of deletions; see migration 0005)."""
+
+    __tablename__ = "gateway_object_deletions"
+
+    id: str = Field(sa_column=sa.Column("id", sa.String(36), primary_key=True))
+    objectKey: str = Field(sa_column=sa.Column("objectKey", sa.Text(), nullable=False))
+    createdAt: str = Field(sa_column=sa.Column("createdAt", sa.Text(), nullable=False))
+    attempts: int = Field(default=0, sa_column=sa.Column("attempts", sa.Integer(), nullable=False))
+    lastError: str | None = Field(default=None, sa_column=sa.Column("lastError", sa.Text()))
+    nextAttemptAt: str = Field(sa_column=sa.Column("nextAttemptAt", sa.Text(), nullable=False))
+
+
+object_deletions_table: sa.Table = ObjectDeletion.__table__  # type: ignore[attr-defined]

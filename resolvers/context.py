@@ -9,10 +9,13 @@ import strawberry
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.attachments import Attachments
 from gateway.auth import Caller
+from gateway.data import object_deletions
 from gateway.data.access import Access
 from gateway.database import Database
 from gateway.errors import Conflict
+from gateway.timestamps import utc_now
 from resolvers.limits import Limits
 from resolvers.loaders import Loaders
 
@@ -25,9 +28,11 @@ class GatewayContext:
     request_id: str
     caller: Caller
     limits: Limits = field(default_factory=Limits)
+    attachments: Attachments | None = None
     request: Any = None
     response: Any = None
     loaders: Loaders = field(init=False)
+    _objects_to_delete: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.loaders = Loaders(self.db, self.access)
@@ -36,6 +41,24 @@ class GatewayContext:
     def access(self) -> Access:
         """What the caller reaches; every data-access call is given it."""
         return self.caller.access
+
+    @property
+    def files(self) -> Attachments:
+        if self.attachments is None:  # pragma: no cover - the app always sets it
+            raise RuntimeError("no object store configured")
+        return self.attachments
+
+    @property
+    def base_url(self) -> str:
+        """The gateway's own URL, for links to its routes (local files)."""
+        configured = self.attachments.public_url if self.attachments else None
+        return configured or (str(self.request.base_url) if self.request is not None else "")
+
+    async def forget_objects(self, session: AsyncSession, object_keys: list[str]) -> None:
+        """Delete these stored objects once the transaction commits (and retry until done)."""
+        if object_keys and self.attachments is not None:
+            await object_deletions.enqueue_deletions(session, object_keys=object_keys, now=utc_now())
+            self._objects_to_delete = True
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -46,6 +69,8 @@ class GatewayContext:
         try:
             async with self.db.transaction() as session:
                 yield session
+            if self._objects_to_delete and self.attachments is not None:
+                self.attachments.reaper.kick()  # committed: delete them now, off this request
         except IntegrityError as error:
             raise Conflict("the write conflicts with existing data (a unique key or reference)") from error
         except DBAPIError as error:
@@ -57,6 +82,7 @@ class GatewayContext:
                 ) from error
             raise
         finally:
+            self._objects_to_delete = False
             self.loaders = Loaders(self.db, self.access)
 
 

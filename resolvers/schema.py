@@ -8,6 +8,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
+from resolvers.elements.mutations import ElementMutations
 from resolvers.elements.queries import ElementQueries
 from resolvers.extensions import ErrorCodes, RequestChecks
 from resolvers.feedback.mutations import FeedbackMutations
@@ -21,7 +22,9 @@ from resolvers.users.mutations import UserMutations
 from resolvers.users.queries import UserQueries
 
 Query = merge_types("Query", (UserQueries, ThreadQueries, StepQueries, ElementQueries))
-Mutation = merge_types("Mutation", (UserMutations, ThreadMutations, StepMutations, FeedbackMutations))
+Mutation = merge_types(
+    "Mutation", (UserMutations, ThreadMutations, StepMutations, FeedbackMutations, ElementMutations)
+)
 
 
 class GatewaySchema(strawberry.Schema):

@@ -261,9 +261,9 @@ class Element:
     props: JSONObject | None
     object_key: str | None
     chainlit_key: str | None
-    url: str | None = strawberry.field(description="Where to read the element's bytes.")
-    size_bytes: int | None
+    size_bytes: int | None = strawberry.field(description="The stored object's size in bytes.")
     created_at: DateTime | None
+    external_url: strawberry.Private[str | None]
 
     @classmethod
     def from_row(cls, row: tables.Element) -> "Element":
@@ -281,9 +281,25 @@ class Element:
             props=JSONObject(row.props) if isinstance(row.props, dict) else None,
             object_key=row.objectKey,
             chainlit_key=row.chainlitKey,
-            url=row.url,
             size_bytes=row.sizeBytes,
             created_at=DateTime(row.createdAt) if row.createdAt else None,
+            external_url=row.url,
+        )
+
+    @strawberry.field(
+        description="Where to read the bytes: for a stored object, a URL signed now that expires "
+        "(GATEWAY_URL_EXPIRY_SECONDS); for an element attached by reference, its own URL."
+    )
+    async def url(self, info: Info) -> str | None:
+        if self.object_key is None:
+            return self.external_url
+        files = info.context.files
+        return await files.store.read_url(
+            self.object_key,
+            name=self.name,
+            mime=self.mime,
+            expires_in=files.url_expiry_seconds,
+            base_url=info.context.base_url,
         )
 
 

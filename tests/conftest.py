@@ -6,6 +6,7 @@ half is skipped locally, and fails in CI (CI=true), where a skip would hide miss
 """
 
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Element bytes of every gateway the tests start go to a scratch directory, not the working one.
+os.environ.setdefault("GATEWAY_STORAGE_URL", f"file://{tempfile.mkdtemp(prefix='gateway-files-')}")
 TABLES_CHILDREN_FIRST = ("feedbacks", "elements", "steps", "threads", "users")
 
 

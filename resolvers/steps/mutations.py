@@ -195,5 +195,6 @@ class StepMutations:
     async def delete_step(self, info: Info, id: strawberry.ID) -> DeletePayload:
         step_id = parse_id(id, "id")
         async with info.context.write() as session:
-            await steps.delete_step(session, step_id=step_id, access=info.context.access)
+            object_keys = await steps.delete_step(session, step_id=step_id, access=info.context.access)
+            await info.context.forget_objects(session, object_keys)
         return DeletePayload(id=strawberry.ID(step_id))

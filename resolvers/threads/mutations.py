@@ -59,9 +59,15 @@ class ThreadMutations:
             )
         return Thread.from_row(row)
 
-    @strawberry.mutation(description="Delete a thread with its steps, elements and feedback.")
+    @strawberry.mutation(
+        description="Delete a thread with its steps, elements and feedback; the elements' stored "
+        "objects are deleted right after."
+    )
     async def delete_thread(self, info: Info, id: strawberry.ID) -> DeletePayload:
         thread_id = parse_id(id, "id")
         async with info.context.write() as session:
-            await threads.delete_thread(session, thread_id=thread_id, access=info.context.access)
+            object_keys = await threads.delete_thread(
+                session, thread_id=thread_id, access=info.context.access
+            )
+            await info.context.forget_objects(session, object_keys)
         return DeletePayload(id=strawberry.ID(thread_id))

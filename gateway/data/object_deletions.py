@@ -1,0 +1,54 @@
+"""The outbox of stored objects to delete: filled in the transaction that deletes their rows,
+emptied by `gateway.reaper` once each object is gone."""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.ids import new_id
+from gateway.tables import ObjectDeletion, object_deletions_table
+
+
+async def enqueue_deletions(session: AsyncSession, *, object_keys: Sequence[str], now: str) -> None:
+    rows = [
+        {"id": new_id(), "objectKey": key, "createdAt": now, "attempts": 0, "nextAttemptAt": now}
+        for key in object_keys
+    ]
+    if rows:
+        await session.execute(sa.insert(object_deletions_table), rows)
+
+
+async def due_deletions(session: AsyncSession, *, now: str, limit: int) -> list[ObjectDeletion]:
+    statement = (
+        sa.select(ObjectDeletion)
+        .where(object_deletions_table.c.nextAttemptAt <= now)
+        .order_by(object_deletions_table.c.nextAttemptAt)
+        .limit(limit)
+    )
+    return list((await session.execute(statement)).scalars())
+
+
+async def finish_deletions(session: AsyncSession, *, ids: Sequence[str]) -> None:
+    if ids:
+        await session.execute(sa.delete(object_deletions_table).where(object_deletions_table.c.id.in_(ids)))
+
+
+async def postpone_deletion(
+    session: AsyncSession, *, deletion_id: str, error: str, next_attempt_at: str
+) -> None:
+    await session.execute(
+        sa.update(object_deletions_table)
+        .where(object_deletions_table.c.id == deletion_id)
+        .values(
+            attempts=object_deletions_table.c.attempts + 1,
+            lastError=error[:2000],
+            nextAttemptAt=next_attempt_at,
+        )
+    )
+
+
+async def pending_deletions(session: AsyncSession) -> list[ObjectDeletion]:
+    """Every deletion still to do, oldest first (for `gateway` operators and tests)."""
+    statement = sa.select(ObjectDeletion).order_by(object_deletions_table.c.createdAt)
+    return list((await session.execute(statement)).scalars())

@@ -1,0 +1,101 @@
+"""Deletes stored objects whose rows are gone, in the background, until each deletion succeeds.
+
+A delete mutation writes the object keys to `gateway_object_deletions` in its own transaction and
+then `kick()`s the reaper, which deletes the objects right after the request, off its path. A
+deletion that fails (the storage is down, a network error) stays in the table with its error and
+is tried again after a growing delay (5 s, 10 s, 20 s ... at most 10 min), also after a restart,
+by any replica: deleting an object twice is harmless.
+"""
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+from gateway.data import object_deletions
+from gateway.database import Database
+from gateway.storage import ObjectStore
+from gateway.timestamps import format_timestamp
+
+logger = logging.getLogger("gateway.reaper")
+
+BATCH = 100
+CONCURRENCY = 16
+MAX_DELAY_SECONDS = 600
+
+
+def retry_delay(attempts: int) -> timedelta:
+    return timedelta(seconds=min(5 * 2 ** min(attempts, 10), MAX_DELAY_SECONDS))
+
+
+class ObjectReaper:
+    def __init__(self, db: Database, store: ObjectStore, *, interval: float = 30.0) -> None:
+        self.db = db
+        self.store = store
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def kick(self) -> None:
+        """Work now (after a delete committed) instead of at the next interval."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="gateway-object-reaper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            self._wake.clear()
+            try:
+                while await self.run_once() == BATCH:
+                    pass  # a full batch: there may be more due
+            except Exception:  # the database may be down too: try again at the next interval
+                logger.exception("the object reaper failed; it tries again in %s s", self.interval)
+
+    async def run_once(self) -> int:
+        """Try every due deletion once; returns how many were due."""
+        now = datetime.now(UTC)
+        async with self.db.session() as session:
+            due = await object_deletions.due_deletions(session, now=format_timestamp(now), limit=BATCH)
+        if not due:
+            return 0
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def delete(key: str) -> BaseException | None:
+            async with limit:
+                try:
+                    await self.store.delete(key)
+                except Exception as error:
+                    return error
+                return None
+
+        outcomes = await asyncio.gather(*(delete(item.objectKey) for item in due))
+        async with self.db.transaction() as session:
+            await object_deletions.finish_deletions(
+                session, ids=[item.id for item, error in zip(due, outcomes, strict=True) if error is None]
+            )
+            for item, error in zip(due, outcomes, strict=True):
+                if error is not None:
+                    logger.warning(
+                        "could not delete stored object %s (attempt %d): %s",
+                        item.objectKey,
+                        item.attempts + 1,
+                        error,
+                    )
+                    await object_deletions.postpone_deletion(
+                        session,
+                        deletion_id=item.id,
+                        error=f"{type(error).__name__}: {error}",
+                        next_attempt_at=format_timestamp(now + retry_delay(item.attempts)),
+                    )
+        return len(due)

@@ -1,0 +1,280 @@
+"""Where element bytes live: a local directory (the default) or an S3 bucket (AWS, MinIO, R2, Ceph:
+any S3-compatible endpoint), behind one interface.
+
+Bytes are streamed, never held whole: a local file is written chunk by chunk; an S3 object over
+PART_SIZE goes up as a multipart upload, one part in memory at a time. Read URLs are made when an
+element is read, never stored: a presigned GET for S3, an HMAC-signed gateway route for local files.
+"""
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlparse
+
+import aioboto3
+from botocore.exceptions import ClientError
+
+from gateway.errors import PayloadTooLarge
+
+PART_SIZE = 8 * 1024 * 1024  # S3 parts (at least 5 MiB but the last); also the single-PUT threshold
+FILES_ROUTE = "/files/"
+
+
+def too_large(maximum: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the upload is over the limit of {maximum} bytes", maximum=maximum)
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where a client PUTs an object itself: URL, headers to send, expiry (Unix seconds)."""
+
+    url: str
+    headers: dict[str, str]
+    expires_at: int
+
+
+class ObjectStore(ABC):
+    """Objects by key. Deleting a missing object succeeds: deletions are retried until they do.
+
+    Keys are stored whole in `elements."objectKey"` (the S3 prefix included, as Chainlit stores
+    them), so elements a Chainlit app stored in the same bucket are read and deleted the same way.
+    """
+
+    key_prefix = ""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open what the store keeps open for the process (the S3 client)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Close it again."""
+
+    @abstractmethod
+    async def put(
+        self, key: str, chunks: AsyncIterator[bytes], *, content_type: str | None, max_bytes: int
+    ) -> int:
+        """Store the chunks under `key`; returns the size. Over `max_bytes`: nothing is kept and
+        PAYLOAD_TOO_LARGE is raised."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def size(self, key: str) -> int | None:
+        """The object's size, None when there is no such object."""
+
+    @abstractmethod
+    async def read_url(self, key: str, *, name: str, mime: str | None, expires_in: int, base_url: str) -> str:
+        """A URL reading the object until it expires, served as `name` with type `mime`."""
+
+    @abstractmethod
+    async def upload_url(self, key: str, *, mime: str | None, expires_in: int, base_url: str) -> UploadTarget:
+        """A URL a client PUTs the object's bytes to, until it expires."""
+
+
+class UrlSigner:
+    """HMAC-SHA256 signatures for the local store's routes (the key is GATEWAY_URL_SIGNING_SECRET)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+
+    def sign(self, *parts: str) -> str:
+        digest = hmac.new(self.secret, "\n".join(parts).encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def valid(self, signature: str, *parts: str) -> bool:
+        return hmac.compare_digest(self.sign(*parts), signature)
+
+
+def content_disposition(name: str) -> str:
+    """`inline` with the name, RFC 6266 style (an ASCII fallback and the UTF-8 name)."""
+    fallback = "".join(char if char.isascii() and char not in '"\\' else "_" for char in name)
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}"
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: Path, signer: UrlSigner) -> None:
+        self.root = root.resolve()
+        self.signer = signer
+
+    def path_of(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"object key {key!r} leaves the storage directory")
+        return path
+
+    async def put(
+        self, key: str, chunks: AsyncIterator[bytes], *, content_type: str | None, max_bytes: int
+    ) -> int:
+        path = self.path_of(key)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        size = 0
+        handle = await asyncio.to_thread(partial.open, "wb")
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large(max_bytes)
+                await asyncio.to_thread(handle.write, chunk)
+            await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(os.replace, partial, path)
+        except BaseException:
+            await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(partial.unlink, True)
+            raise
+        return size
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.path_of(key).unlink, True)
+
+    async def size(self, key: str) -> int | None:
+        try:
+            return (await asyncio.to_thread(self.path_of(key).stat)).st_size
+        except FileNotFoundError:
+            return None
+
+    def _signed_url(self, base_url: str, key: str, params: dict[str, str], *signed: str) -> str:
+        query = urlencode({**params, "signature": self.signer.sign(*signed)})
+        return f"{base_url.rstrip('/')}{FILES_ROUTE}{quote(key)}?{query}"
+
+    async def read_url(self, key: str, *, name: str, mime: str | None, expires_in: int, base_url: str) -> str:
+        expires = str(int(time.time()) + expires_in)
+        params = {"expires": expires, "name": name, "mime": mime or ""}
+        return self._signed_url(base_url, key, params, "GET", key, expires, name, mime or "")
+
+    async def upload_url(self, key: str, *, mime: str | None, expires_in: int, base_url: str) -> UploadTarget:
+        expires = int(time.time()) + expires_in
+        url = self._signed_url(base_url, key, {"expires": str(expires)}, "PUT", key, str(expires))
+        return UploadTarget(url, {"Content-Type": mime} if mime else {}, expires)
+
+
+class S3Store(ObjectStore):
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None) -> None:
+        self.bucket = bucket
+        self.key_prefix = prefix
+        self.endpoint_url = endpoint_url
+        self._session = aioboto3.Session()
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            # One client (one connection pool) for the process; credentials and region come from
+            # the standard AWS variables and files.
+            self._client = await self._exit_stack.enter_async_context(
+                self._session.client("s3", endpoint_url=self.endpoint_url)
+            )
+
+    async def close(self) -> None:
+        await self._exit_stack.aclose()
+        self._client = None
+
+    async def client(self) -> Any:
+        if self._client is None:
+            await self.start()
+        return self._client
+
+    async def put(
+        self, key: str, chunks: AsyncIterator[bytes], *, content_type: str | None, max_bytes: int
+    ) -> int:
+        client = await self.client()
+        extra = {"ContentType": content_type} if content_type else {}
+        target = {"Bucket": self.bucket, "Key": key}
+        buffer = bytearray()
+        size = 0
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large(max_bytes)
+                buffer += chunk
+                while len(buffer) >= PART_SIZE:
+                    if upload_id is None:
+                        created = await client.create_multipart_upload(**target, **extra)
+                        upload_id = created["UploadId"]
+                    part = bytes(buffer[:PART_SIZE])
+                    del buffer[:PART_SIZE]
+                    number = len(parts) + 1
+                    uploaded = await client.upload_part(
+                        **target, UploadId=upload_id, PartNumber=number, Body=part
+                    )
+                    parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+            if upload_id is None:
+                await client.put_object(**target, Body=bytes(buffer), **extra)
+                return size
+            if buffer:
+                number = len(parts) + 1
+                uploaded = await client.upload_part(
+                    **target, UploadId=upload_id, PartNumber=number, Body=bytes(buffer)
+                )
+                parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+            await client.complete_multipart_upload(
+                **target, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+            return size
+        except BaseException:
+            if upload_id is not None:
+                with contextlib.suppress(Exception):
+                    await client.abort_multipart_upload(**target, UploadId=upload_id)
+            raise
+
+    async def delete(self, key: str) -> None:
+        client = await self.client()
+        await client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def size(self, key: str) -> int | None:
+        client = await self.client()
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    async def read_url(self, key: str, *, name: str, mime: str | None, expires_in: int, base_url: str) -> str:
+        client = await self.client()
+        params = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "ResponseContentDisposition": content_disposition(name),
+        }
+        if mime:
+            params["ResponseContentType"] = mime
+        url: str = await client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        return url
+
+    async def upload_url(self, key: str, *, mime: str | None, expires_in: int, base_url: str) -> UploadTarget:
+        client = await self.client()
+        params = {"Bucket": self.bucket, "Key": key}
+        if mime:
+            params["ContentType"] = mime
+        url: str = await client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
+        return UploadTarget(url, {"Content-Type": mime} if mime else {}, int(time.time()) + expires_in)
+
+
+def open_store(storage_url: str, *, endpoint_url: str | None, signing_secret: bytes | None) -> ObjectStore:
+    """`file://directory` (relative paths from the working directory) or `s3://bucket/prefix`."""
+    parsed = urlparse(storage_url)
+    if parsed.scheme == "file":
+        directory = (parsed.netloc + parsed.path) or "."
+        return LocalStore(Path(directory), UrlSigner(signing_secret or secrets.token_bytes(32)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"{storage_url!r} names no bucket: use s3://bucket/prefix")
+        prefix = parsed.path.strip("/")
+        return S3Store(parsed.netloc, f"{prefix}/" if prefix else "", endpoint_url)
+    raise ValueError(f"unsupported storage URL {storage_url!r}: use file://directory or s3://bucket/prefix")
