@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.config import Settings
 from gateway.errors import BadUserInput
+from gateway.ids import new_id
 from gateway.reaper import ObjectReaper
 from gateway.storage import ObjectStore
 
@@ -45,7 +46,9 @@ class Attachments:
     public_url: str | None = None
 
     def new_key(self, thread_id: str, element_id: str) -> str:
-        return f"{self.store.key_prefix}threads/{thread_id}/elements/{element_id}"
+        """A key of its own for each upload: a retried upload, discarded as a duplicate, never
+        overwrites (or removes) the object of the element it repeats."""
+        return f"{self.store.key_prefix}threads/{thread_id}/elements/{element_id}/{new_id()}"
 
 
 async def chunks_of(stream: object, size: int = READ_CHUNK) -> AsyncIterator[bytes]:

@@ -1,0 +1,428 @@
+"""Elements: bytes uploaded through GraphQL, stored on local disk or in S3, read back through URLs
+signed at read time, and deleted with their rows (retried until the storage answers).
+
+S3 is a real S3 protocol server: moto's ThreadedMotoServer, over HTTP on 127.0.0.1. Every test runs
+on both stores and both databases.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from moto.server import ThreadedMotoServer
+from starlette.applications import Starlette
+
+from gateway.attachments import Attachments
+from gateway.config import Settings
+from gateway.data import object_deletions
+from gateway.database import Database
+from gateway.storage import PART_SIZE
+from tests.conftest import TEST_API_KEY, Api, clear_tables, client_of, new_uuid, running, user_token
+
+BUCKET = "gateway-test"
+CREATE = """
+mutation($input: ElementInput!, $file: Upload) {
+  createElement(input: $input, file: $file) { id name mime sizeBytes objectKey url threadId forId }
+}"""
+ELEMENT = "query($id: ID!) { element(id: $id) { id url sizeBytes } }"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class S3Server:
+    """moto's S3 server on a fixed port, which can be stopped and started again (its data stays:
+    it lives in this process)."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadedMotoServer | None = None
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.url)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ[name] = value
+    server = S3Server()
+    server.start()
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+@dataclass
+class Stored:
+    """A gateway with one store, a backend client, and a view of what the store holds."""
+
+    app: Starlette
+    api: Api
+    db: Database
+    objects: Callable[[], Awaitable[dict[str, bytes]]]
+
+    @property
+    def attachments(self) -> Attachments:
+        attachments: Attachments = self.app.state.attachments
+        return attachments
+
+    async def pending_deletions(self) -> list[str]:
+        async with self.db.session() as session:
+            return [item.objectKey for item in await object_deletions.pending_deletions(session)]
+
+    async def settle(self) -> None:
+        """Let the reaper do every due deletion now (it runs after each delete anyway)."""
+        await self.attachments.reaper.run_once()
+
+
+def _settings(database_url: str, storage_url: str, s3: S3Server | None, **overrides: Any) -> Settings:
+    return Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        api_keys=TEST_API_KEY,
+        jwt_secret="element-tests-secret-0123456789abcdefghijklmnopqrstuvwxyz",
+        storage_url=storage_url,
+        s3_endpoint_url=s3.url if s3 else None,
+        **overrides,
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def open_stored(
+    store_kind: str, database_url: str, db: Database, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., Any]:
+    """Opens a gateway on this test's store (`async with open_stored(**settings) as stored:`)."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def opened(**overrides: Any) -> AsyncIterator[Stored]:
+        await clear_tables(db)
+        s3: S3Server | None = None
+        if store_kind == "s3":
+            s3 = request.getfixturevalue("s3_server")
+            prefix = f"t-{uuid.uuid4().hex[:8]}"
+            storage_url = f"s3://{BUCKET}/{prefix}"
+
+            async def objects() -> dict[str, bytes]:
+                client = s3.client()  # type: ignore[union-attr]
+                listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
+                return {
+                    item["Key"]: client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+                    for item in listed
+                }
+        else:
+            root = tmp_path / "files"
+            storage_url = f"file://{root}"
+
+            async def objects() -> dict[str, bytes]:
+                if not root.exists():
+                    return {}
+                return {
+                    str(path.relative_to(root)): path.read_bytes()
+                    for path in root.rglob("*")
+                    if path.is_file()
+                }
+
+        settings = _settings(database_url, storage_url, s3, **overrides)
+        async with running(settings) as app, client_of(app) as client:
+            yield Stored(app, client.with_headers(Authorization=f"Bearer {TEST_API_KEY}"), db, objects)
+
+    return opened
+
+
+async def upload(
+    api: Api,
+    input_: dict[str, Any],
+    content: bytes | None,
+    *,
+    filename: str = "notes.txt",
+    mime: str = "text/plain",
+) -> httpx.Response:
+    """createElement as the GraphQL multipart request spec sends it (what upload clients do)."""
+    operations = {"query": CREATE, "variables": {"input": input_, "file": None}}
+    files = {"0": (filename, content or b"", mime)}
+    return await api.http.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
+        files=files,
+        headers={**api.headers, "Apollo-Require-Preflight": "true"},
+    )
+
+
+async def created(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert response.status_code == 200 and not body.get("errors"), body
+    element: dict[str, Any] = body["data"]["createElement"]
+    return element
+
+
+async def read(stored: Stored, url: str) -> httpx.Response:
+    """Fetch a read URL as a browser would: the gateway's own route, or the S3 server."""
+    if url.startswith("http://localhost/"):
+        return await stored.api.http.get(url)
+    async with httpx.AsyncClient() as outside:
+        return await outside.get(url)
+
+
+async def make_thread(api: Api) -> tuple[str, str]:
+    thread_id, step_id = new_uuid(), new_uuid()
+    await api.ok(
+        "mutation($i: StepInput!) { upsertStep(input: $i) { id } }",
+        i={"id": step_id, "threadId": thread_id, "type": "user_message", "name": "User"},
+    )
+    return thread_id, step_id
+
+
+@pytest.mark.parametrize("size", [5, PART_SIZE * 2 + 12345], ids=["small", "three-parts"])
+async def test_uploaded_bytes_read_back_through_a_fresh_url(
+    open_stored: Callable[..., Any], size: int
+) -> None:
+    content = os.urandom(size)
+    async with open_stored() as stored:
+        thread_id, step_id = await make_thread(stored.api)
+        name = "Résumé 2026.bin"
+        element = await created(
+            await upload(
+                stored.api,
+                {"threadId": thread_id, "forId": step_id, "name": name, "type": "file"},
+                content,
+                mime="application/octet-stream",
+            )
+        )
+        assert element["sizeBytes"] == size and element["forId"] == step_id
+        assert list((await stored.objects()).values()) == [content]
+        response = await read(stored, (await stored.api.ok(ELEMENT, id=element["id"]))["element"]["url"])
+        assert response.status_code == 200
+        assert hashlib.sha256(response.content).digest() == hashlib.sha256(content).digest()
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert "R%C3%A9sum%C3%A9%202026.bin" in response.headers["content-disposition"]
+        # The URL is made at each read: a later read signs anew.
+        again = (await stored.api.ok(ELEMENT, id=element["id"]))["element"]["url"]
+        assert again.split("?")[0] == element["url"].split("?")[0]
+
+
+async def test_an_element_by_reference_keeps_its_url_and_stores_nothing(
+    open_stored: Callable[..., Any],
+) -> None:
+    async with open_stored() as stored:
+        thread_id, _ = await make_thread(stored.api)
+        data = await stored.api.ok(
+            "mutation($i: ElementInput!) { createElement(input: $i) { url objectKey sizeBytes } }",
+            i={"threadId": thread_id, "name": "site", "url": "https://example.com/a.png"},
+        )
+        assert data["createElement"] == {
+            "url": "https://example.com/a.png",
+            "objectKey": None,
+            "sizeBytes": None,
+        }
+        assert await stored.objects() == {}
+
+
+async def test_deleting_an_element_a_step_or_a_thread_removes_the_objects(
+    open_stored: Callable[..., Any],
+) -> None:
+    async with open_stored() as stored:
+        api = stored.api
+        thread_id, step_id = await make_thread(api)
+        child_id = new_uuid()
+        await api.ok(
+            "mutation($i: StepInput!) { upsertStep(input: $i) { id } }",
+            i={"id": child_id, "threadId": thread_id, "parentId": step_id, "type": "tool", "name": "t"},
+        )
+        lone = await created(await upload(api, {"threadId": thread_id, "name": "a"}, b"a"))
+        of_child = await created(
+            await upload(api, {"threadId": thread_id, "forId": child_id, "name": "b"}, b"b")
+        )
+        await created(await upload(api, {"threadId": thread_id, "name": "c"}, b"c"))
+        assert len(await stored.objects()) == 3
+
+        await api.ok("mutation($id: ID!) { deleteElement(id: $id) { id } }", id=lone["id"])
+        await stored.settle()
+        assert lone["objectKey"] not in await stored.objects() and len(await stored.objects()) == 2
+
+        await api.ok("mutation($id: ID!) { deleteStep(id: $id) { id } }", id=step_id)  # takes the child's
+        await stored.settle()
+        assert of_child["objectKey"] not in await stored.objects() and len(await stored.objects()) == 1
+
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        await stored.settle()
+        assert await stored.objects() == {}
+        assert await stored.pending_deletions() == []
+
+
+async def test_a_deletion_the_storage_refuses_is_retried_until_it_succeeds(
+    open_stored: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deletions are recorded with the rows' deletion and retried, with their error, until done."""
+    monkeypatch.setattr("gateway.reaper.retry_delay", lambda attempts: timedelta(0))
+    async with open_stored() as stored:
+        thread_id, _ = await make_thread(stored.api)
+        element = await created(await upload(stored.api, {"threadId": thread_id, "name": "x"}, b"bytes"))
+        store = stored.attachments.store
+        failures = {"left": 2}
+        real_delete = store.delete
+
+        async def failing_delete(key: str) -> None:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise ConnectionError("storage unreachable")
+            await real_delete(key)
+
+        monkeypatch.setattr(store, "delete", failing_delete)
+        await stored.api.ok("mutation($id: ID!) { deleteElement(id: $id) { id } }", id=element["id"])
+        assert (await stored.api.ok(ELEMENT, id=element["id"]))["element"] is None  # the row went at once
+        await stored.settle()
+        assert await stored.pending_deletions() == [element["objectKey"]]  # failed twice so far
+        async with stored.db.session() as session:
+            [pending] = await object_deletions.pending_deletions(session)
+        assert pending.attempts == 2 and "storage unreachable" in (pending.lastError or "")
+        assert element["objectKey"] in await stored.objects()
+        await stored.settle()
+        assert await stored.pending_deletions() == []
+        assert await stored.objects() == {}
+
+
+async def test_s3_down_during_a_delete_then_back(
+    database_url: str, db: Database, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.reaper.retry_delay", lambda attempts: timedelta(0))
+    await clear_tables(db)
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    settings = _settings(database_url, f"s3://{BUCKET}/{prefix}", s3_server)
+    async with running(settings) as app, client_of(app) as client:
+        api = client.with_headers(Authorization=f"Bearer {TEST_API_KEY}")
+        attachments: Attachments = app.state.attachments
+        thread_id, _ = await make_thread(api)
+        element = await created(await upload(api, {"threadId": thread_id, "name": "x"}, b"bytes"))
+        s3_server.stop()
+        try:
+            await api.ok("mutation($id: ID!) { deleteElement(id: $id) { id } }", id=element["id"])
+            await attachments.reaper.run_once()
+            async with db.session() as session:
+                [pending] = await object_deletions.pending_deletions(session)
+            assert pending.objectKey == element["objectKey"] and pending.attempts >= 1
+        finally:
+            s3_server.start()
+        assert s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")["KeyCount"] == 1
+        await attachments.reaper.run_once()
+        assert s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")["KeyCount"] == 0
+        async with db.session() as session:
+            assert await object_deletions.pending_deletions(session) == []
+
+
+async def test_a_row_that_cannot_be_written_leaves_no_object(open_stored: Callable[..., Any]) -> None:
+    async with open_stored() as stored:
+        first, _ = await make_thread(stored.api)
+        second, _ = await make_thread(stored.api)
+        element = await created(await upload(stored.api, {"threadId": first, "name": "a"}, b"first"))
+        before = await stored.objects()
+        # The same id in another thread: stored, then refused when the row is written.
+        response = await upload(stored.api, {"id": element["id"], "threadId": second, "name": "b"}, b"second")
+        assert response.json()["errors"][0]["extensions"]["code"] == "CONFLICT"
+        await stored.settle()
+        assert await stored.objects() == before
+        # A retry of the same upload returns the element and keeps one object.
+        again = await created(
+            await upload(stored.api, {"id": element["id"], "threadId": first, "name": "a"}, b"x")
+        )
+        await stored.settle()
+        assert again["id"] == element["id"] and await stored.objects() == before
+
+
+async def test_uploads_over_the_limit_or_of_refused_types_leave_nothing(
+    open_stored: Callable[..., Any],
+) -> None:
+    async with open_stored(max_upload_bytes=1000, allowed_mime_types="image/*,application/pdf") as stored:
+        thread_id, _ = await make_thread(stored.api)
+        too_big = await upload(
+            stored.api, {"threadId": thread_id, "name": "big"}, b"x" * 1001, mime="image/png"
+        )
+        assert too_big.json()["errors"][0]["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
+        wrong_type = await upload(stored.api, {"threadId": thread_id, "name": "t"}, b"x", mime="text/html")
+        assert wrong_type.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        # Far over: refused by the request's size before the upload is read.
+        huge = await upload(stored.api, {"threadId": thread_id, "name": "h"}, b"x" * (1024 * 1024 + 2000))
+        assert (
+            huge.status_code == 413 and huge.json()["errors"][0]["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
+        )
+        assert await stored.objects() == {}
+        threads = await stored.api.ok(
+            "query($id: ID!) { thread(id: $id) { elements { totalCount } } }", id=thread_id
+        )
+        assert threads["thread"]["elements"]["totalCount"] == 0
+        exact = await created(
+            await upload(
+                stored.api, {"threadId": thread_id, "name": "ok"}, b"x" * 1000, mime="application/pdf"
+            )
+        )
+        assert exact["sizeBytes"] == 1000
+
+
+async def test_users_attach_to_their_own_threads_only(open_stored: Callable[..., Any]) -> None:
+    secret = "element-tests-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+    async with open_stored() as stored:
+        alice = stored.api.with_headers(Authorization=f"Bearer {user_token('alice', secret=secret)}")
+        bob = stored.api.with_headers(Authorization=f"Bearer {user_token('bob', secret=secret)}")
+        thread_id = new_uuid()
+        element = await created(await upload(alice, {"threadId": thread_id, "name": "mine"}, b"alice's"))
+        assert (await alice.ok(ELEMENT, id=element["id"]))["element"]["url"]
+        assert (await bob.ok(ELEMENT, id=element["id"]))["element"] is None
+        refused = await upload(bob, {"threadId": thread_id, "name": "intruder"}, b"bob's")
+        assert refused.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+        gone = await bob.post("mutation($id: ID!) { deleteElement(id: $id) { id } }", {"id": element["id"]})
+        assert gone.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+        assert list((await stored.objects()).values()) == [b"alice's"]
+
+
+async def test_local_links_are_signed_and_expire(database_url: str, db: Database, tmp_path: Path) -> None:
+    await clear_tables(db)
+    settings = _settings(database_url, f"file://{tmp_path}", None, url_expiry_seconds=1)
+    async with running(settings) as app, client_of(app) as client:
+        api = client.with_headers(Authorization=f"Bearer {TEST_API_KEY}")
+        thread_id, _ = await make_thread(api)
+        element = await created(await upload(api, {"threadId": thread_id, "name": "a.txt"}, b"secret"))
+        url = element["url"]
+        assert (await client.http.get(url)).content == b"secret"
+        for forged in (
+            url.replace("a.txt", "b.txt"),
+            url[:-2] + "xx",
+            url.replace("threads/", "threads/../"),
+        ):
+            assert (await client.http.get(forged)).status_code in (403, 404)
+        expired = url.replace("expires=", "expires=1")  # a time long past, signed for another
+        assert (await client.http.get(expired)).status_code == 403
