@@ -212,6 +212,30 @@ def local_file_route(store: LocalStore) -> Callable[[Request], Awaitable[Respons
     return serve_file
 
 
+def local_upload_route(store: LocalStore, policy: UploadPolicy) -> Callable[[Request], Awaitable[Response]]:
+    """Takes the bytes of an upload `upload_url` signed (the local twin of a presigned S3 PUT),
+    streamed to disk, up to GATEWAY_MAX_UPLOAD_BYTES."""
+
+    async def receive_file(request: Request) -> Response:
+        key = request.path_params["key"]
+        expires = request.query_params.get("expires", "")
+        signed = store.signer.valid(request.query_params.get("signature", ""), "PUT", key, expires)
+        if not signed or not expires.isdigit() or int(expires) < time.time():
+            return _error_response("the upload link is invalid or has expired", "FORBIDDEN", 403)
+        try:
+            await store.put(
+                key,
+                request.stream(),
+                content_type=request.headers.get("content-type"),
+                max_bytes=policy.max_bytes,
+            )
+        except PayloadTooLarge as error:
+            return _error_response(error.message, error.code, 413, **error.extensions)
+        return Response(status_code=200)
+
+    return receive_file
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url)
@@ -268,6 +292,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [Route("/graphql", graphql), Route("/healthz", health)]
     if isinstance(store, LocalStore):
         routes.append(Route(FILES_ROUTE + "{key:path}", local_file_route(store), methods=["GET", "HEAD"]))
+        upload_route = local_upload_route(store, attachments.policy)
+        routes.append(Route(FILES_ROUTE + "{key:path}", upload_route, methods=["PUT"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(RequestIdMiddleware)
     app.state.db = db

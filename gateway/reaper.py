@@ -63,8 +63,14 @@ class ObjectReaper:
                 logger.exception("the object reaper failed; it tries again in %s s", self.interval)
 
     async def run_once(self) -> int:
-        """Try every due deletion once; returns how many were due."""
+        """Give up uploads never completed, then try every due deletion once; returns how many
+        deletions were due."""
         now = datetime.now(UTC)
+        async with self.db.transaction() as session:
+            abandoned = await object_deletions.expire_pending_uploads(session, now=format_timestamp(now))
+            await object_deletions.enqueue_deletions(
+                session, object_keys=abandoned, now=format_timestamp(now)
+            )
         async with self.db.session() as session:
             due = await object_deletions.due_deletions(session, now=format_timestamp(now), limit=BATCH)
         if not due:

@@ -179,3 +179,18 @@ class ObjectDeletion(SQLModel, table=True):
 
 
 object_deletions_table: sa.Table = ObjectDeletion.__table__  # type: ignore[attr-defined]
+
+
+class PendingUpload(SQLModel, table=True):
+    """An upload a client was given a URL for, not completed yet (see migration 0005)."""
+
+    __tablename__ = "gateway_pending_uploads"
+
+    id: str = Field(sa_column=sa.Column("id", sa.String(36), primary_key=True))
+    objectKey: str = Field(sa_column=sa.Column("objectKey", sa.Text(), nullable=False))
+    element: dict[str, Any] = Field(sa_column=sa.Column("element", sa.JSON(), nullable=False))
+    userId: str | None = Field(default=None, sa_column=sa.Column("userId", sa.String(36)))
+    expiresAt: str = Field(sa_column=sa.Column("expiresAt", sa.Text(), nullable=False))
+
+
+pending_uploads_table: sa.Table = PendingUpload.__table__  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+import sqlalchemy as sa
 from moto.server import ThreadedMotoServer
 from starlette.applications import Starlette
 
@@ -426,3 +427,77 @@ async def test_local_links_are_signed_and_expire(database_url: str, db: Database
             assert (await client.http.get(forged)).status_code in (403, 404)
         expired = url.replace("expires=", "expires=1")  # a time long past, signed for another
         assert (await client.http.get(expired)).status_code == 403
+
+
+REQUEST_UPLOAD = """
+mutation($i: ElementInput!) { requestElementUpload(input: $i) { elementId url method headers expiresAt } }"""
+COMPLETE_UPLOAD = "mutation($id: ID!) { completeElementUpload(id: $id) { id name sizeBytes url } }"
+
+
+async def put_bytes(stored: Stored, target: dict[str, Any], content: bytes) -> httpx.Response:
+    """PUT to the upload URL as a client would: to the bucket, or to the gateway's route."""
+    if target["url"].startswith("http://localhost/"):
+        return await stored.api.http.put(target["url"], content=content, headers=target["headers"])
+    async with httpx.AsyncClient() as outside:
+        return await outside.put(target["url"], content=content, headers=target["headers"])
+
+
+async def test_a_large_file_goes_straight_to_the_store_then_is_completed(
+    open_stored: Callable[..., Any],
+) -> None:
+    content = os.urandom(3 * 1024 * 1024)
+    async with open_stored() as stored:
+        thread_id, step_id = await make_thread(stored.api)
+        request = {"threadId": thread_id, "forId": step_id, "name": "talk.mp3", "mime": "audio/mpeg"}
+        target = (await stored.api.ok(REQUEST_UPLOAD, i=request))["requestElementUpload"]
+        assert target["method"] == "PUT" and target["headers"] == {"Content-Type": "audio/mpeg"}
+        element_id = target["elementId"]
+        early = await stored.api.error(COMPLETE_UPLOAD, id=element_id)  # nothing PUT yet
+        assert early["extensions"]["code"] == "BAD_USER_INPUT"
+        assert (await stored.api.ok(ELEMENT, id=element_id))["element"] is None
+        assert (await put_bytes(stored, target, content)).status_code == 200
+        element = (await stored.api.ok(COMPLETE_UPLOAD, id=element_id))["completeElementUpload"]
+        assert element["sizeBytes"] == len(content)
+        assert (await read(stored, element["url"])).content == content
+        again = (await stored.api.ok(COMPLETE_UPLOAD, id=element_id))["completeElementUpload"]
+        assert again["id"] == element_id and len(await stored.objects()) == 1
+
+
+async def test_an_upload_over_the_limit_is_refused_and_removed(open_stored: Callable[..., Any]) -> None:
+    async with open_stored(max_upload_bytes=1000) as stored:
+        thread_id, _ = await make_thread(stored.api)
+        target = (await stored.api.ok(REQUEST_UPLOAD, i={"threadId": thread_id, "name": "big"}))[
+            "requestElementUpload"
+        ]
+        response = await put_bytes(stored, target, b"x" * 2000)
+        completed = await stored.api.error(COMPLETE_UPLOAD, id=target["elementId"])
+        if response.status_code == 413:  # the gateway's own route refuses while receiving
+            assert completed["extensions"]["code"] == "BAD_USER_INPUT"
+        else:  # a presigned PUT cannot be capped: completion checks the size, removes the object
+            assert completed["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
+            assert (await stored.api.error(COMPLETE_UPLOAD, id=target["elementId"]))["extensions"][
+                "code"
+            ] == "NOT_FOUND"
+        await stored.settle()
+        assert await stored.objects() == {}
+        assert (await stored.api.ok(ELEMENT, id=target["elementId"]))["element"] is None
+
+
+async def test_an_upload_never_completed_is_removed_when_it_expires(open_stored: Callable[..., Any]) -> None:
+    async with open_stored() as stored:
+        thread_id, _ = await make_thread(stored.api)
+        target = (await stored.api.ok(REQUEST_UPLOAD, i={"threadId": thread_id, "name": "left"}))[
+            "requestElementUpload"
+        ]
+        await put_bytes(stored, target, b"abandoned")
+        await stored.settle()
+        assert len(await stored.objects()) == 1  # not expired yet: kept
+        async with stored.db.transaction() as session:
+            await session.execute(
+                sa.text("UPDATE gateway_pending_uploads SET \"expiresAt\" = '2000-01-01T00:00:00.000Z'")
+            )
+        await stored.settle()
+        assert await stored.objects() == {}
+        assert (await stored.api.error(COMPLETE_UPLOAD, id=target["elementId"]))["extensions"][
+            "code"
+        ] == "NOT_FOUND"

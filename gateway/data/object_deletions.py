@@ -1,13 +1,15 @@
 """The outbox of stored objects to delete: filled in the transaction that deletes their rows,
-emptied by `gateway.reaper` once each object is gone."""
+emptied by `gateway.reaper` once each object is gone. And uploads not completed yet, whose objects
+join the outbox when they expire."""
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.data.access import Access
 from gateway.ids import new_id
-from gateway.tables import ObjectDeletion, object_deletions_table
+from gateway.tables import ObjectDeletion, PendingUpload, object_deletions_table, pending_uploads_table
 
 
 async def enqueue_deletions(session: AsyncSession, *, object_keys: Sequence[str], now: str) -> None:
@@ -52,3 +54,28 @@ async def pending_deletions(session: AsyncSession) -> list[ObjectDeletion]:
     """Every deletion still to do, oldest first (for `gateway` operators and tests)."""
     statement = sa.select(ObjectDeletion).order_by(object_deletions_table.c.createdAt)
     return list((await session.execute(statement)).scalars())
+
+
+async def add_pending_upload(session: AsyncSession, *, upload: PendingUpload) -> None:
+    session.add(upload)
+    await session.flush()
+
+
+async def get_pending_upload(
+    session: AsyncSession, *, element_id: str, access: Access
+) -> PendingUpload | None:
+    """The caller's pending upload of this element (a backend's: any)."""
+    statement = sa.select(PendingUpload).where(pending_uploads_table.c.id == element_id)
+    if not access.everything:
+        statement = statement.where(pending_uploads_table.c.userId == access.user_id)
+    return (await session.execute(statement)).scalars().first()
+
+
+async def drop_pending_upload(session: AsyncSession, *, element_id: str) -> None:
+    await session.execute(sa.delete(pending_uploads_table).where(pending_uploads_table.c.id == element_id))
+
+
+async def expire_pending_uploads(session: AsyncSession, *, now: str) -> list[str]:
+    """Drop uploads never completed in time; returns their object keys (to delete)."""
+    expired = sa.delete(pending_uploads_table).where(pending_uploads_table.c.expiresAt < now)
+    return list((await session.execute(expired.returning(pending_uploads_table.c.objectKey))).scalars())

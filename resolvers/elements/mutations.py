@@ -1,18 +1,23 @@
 import contextlib
 import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import strawberry
 from strawberry.file_uploads import Upload
 
+from gateway import tables
 from gateway.attachments import chunks_of
 from gateway.data import elements, object_deletions
+from gateway.data.access import EVERYTHING
 from gateway.data.threads import ensure_thread
-from gateway.errors import BadUserInput
+from gateway.errors import BadUserInput, Conflict, NotFound
 from gateway.ids import new_id
-from gateway.timestamps import utc_now
+from gateway.storage import too_large
+from gateway.timestamps import format_timestamp, utc_now
 from resolvers.context import GatewayContext, Info
 from resolvers.ids import parse_id, parse_optional_id
-from resolvers.scalars import JSONObject
+from resolvers.scalars import DateTime, JSONObject
 from resolvers.types import DeletePayload, Element
 
 logger = logging.getLogger("gateway.elements")
@@ -42,6 +47,60 @@ class ElementInput:
     )
 
 
+@strawberry.type(description="Where to PUT an element's bytes yourself, then call completeElementUpload.")
+class ElementUpload:
+    element_id: strawberry.ID
+    url: str
+    method: str = strawberry.field(description="Always PUT.")
+    headers: JSONObject = strawberry.field(description="Headers the PUT must carry (its Content-Type).")
+    expires_at: DateTime = strawberry.field(description="The URL works until then.")
+
+
+COMPLETION_GRACE = timedelta(hours=1)  # after the URL expires, completing is still possible this long
+
+
+def _element_values(
+    input: ElementInput, *, element_id: str, thread_id: str, for_id: str | None, mime: str | None
+) -> dict[str, Any]:
+    return {
+        "id": element_id,
+        "threadId": thread_id,
+        "forId": for_id,
+        "type": input.type,
+        "name": input.name,
+        "mime": mime,
+        "display": input.display,
+        "size": input.size,
+        "language": input.language,
+        "page": input.page,
+        "props": input.props,
+        "url": input.url,
+        "createdAt": utc_now(),
+    }
+
+
+async def _write_element(context: GatewayContext, values: dict[str, Any]) -> tuple[tables.Element, bool]:
+    """Write the row (creating its thread if missing), after checking again where it goes."""
+    async with context.write() as session:
+        await ensure_thread(session, thread_id=values["threadId"], access=context.access, now=utc_now())
+        await elements.check_element_target(
+            session, thread_id=values["threadId"], for_id=values["forId"], access=context.access
+        )
+        row, created = await elements.insert_element(session, values=values, access=context.access)
+        await object_deletions.drop_pending_upload(session, element_id=values["id"])
+    return row, created
+
+
+def _checked_input(input: ElementInput) -> tuple[str, str | None, str]:
+    if not input.name.strip():
+        raise BadUserInput("`name` must not be empty", field="name")
+    return (
+        parse_id(input.thread_id, "input.threadId"),
+        parse_optional_id(input.for_id, "input.forId"),
+        parse_optional_id(input.id, "input.id") or new_id(),
+    )
+
+
 async def _discard(context: GatewayContext, object_key: str) -> None:
     """Remove an object no row will reference; if that fails, leave it to the reaper."""
     files = context.files
@@ -64,11 +123,7 @@ class ElementMutations:
     async def create_element(self, info: Info, input: ElementInput, file: Upload | None = None) -> Element:
         context = info.context
         files = context.files
-        thread_id = parse_id(input.thread_id, "input.threadId")
-        for_id = parse_optional_id(input.for_id, "input.forId")
-        element_id = parse_optional_id(input.id, "input.id") or new_id()
-        if not input.name.strip():
-            raise BadUserInput("`name` must not be empty", field="name")
+        thread_id, for_id, element_id = _checked_input(input)
         if (file is None) == (input.url is None):
             raise BadUserInput("give the bytes as `file`, or a `url` to attach by reference (one of them)")
         async with context.db.session() as session:  # refuse early, before any byte is stored
@@ -83,36 +138,90 @@ class ElementMutations:
             size_bytes = await files.store.put(
                 object_key, chunks_of(file), content_type=mime, max_bytes=files.policy.max_bytes
             )
-        values = {
-            "id": element_id,
-            "threadId": thread_id,
-            "forId": for_id,
-            "type": input.type,
-            "name": input.name,
-            "mime": mime,
-            "display": input.display,
-            "size": input.size,
-            "language": input.language,
-            "page": input.page,
-            "props": input.props,
-            "url": input.url,
-            "objectKey": object_key,
-            "sizeBytes": size_bytes,
-            "createdAt": utc_now(),
-        }
+        values = _element_values(input, element_id=element_id, thread_id=thread_id, for_id=for_id, mime=mime)
+        values.update(objectKey=object_key, sizeBytes=size_bytes)
         created = False
         try:
-            async with context.write() as session:
-                now = utc_now()
-                await ensure_thread(session, thread_id=thread_id, access=context.access, now=now)
-                await elements.check_element_target(
-                    session, thread_id=thread_id, for_id=for_id, access=context.access
-                )
-                row, created = await elements.insert_element(session, values=values, access=context.access)
+            row, created = await _write_element(context, values)
         finally:
             if object_key is not None and not created:
                 with contextlib.suppress(Exception):
                     await _discard(context, object_key)
+        return Element.from_row(row)
+
+    @strawberry.mutation(
+        description="For large files: a URL to PUT the element's bytes to (straight to the bucket "
+        "for S3), valid GATEWAY_URL_EXPIRY_SECONDS. The element exists once completeElementUpload "
+        "checks the object."
+    )
+    async def request_element_upload(self, info: Info, input: ElementInput) -> ElementUpload:
+        context = info.context
+        files = context.files
+        thread_id, for_id, element_id = _checked_input(input)
+        if input.url is not None:
+            raise BadUserInput("an element by reference (`url`) has no bytes to upload; use createElement")
+        files.policy.check_mime(input.mime)
+        async with context.db.session() as session:
+            await elements.check_element_target(
+                session, thread_id=thread_id, for_id=for_id, access=context.access
+            )
+        object_key = files.new_key(thread_id, element_id)
+        target = await files.store.upload_url(
+            object_key, mime=input.mime, expires_in=files.url_expiry_seconds, base_url=context.base_url
+        )
+        expires_at = datetime.fromtimestamp(target.expires_at, UTC)
+        values = _element_values(
+            input, element_id=element_id, thread_id=thread_id, for_id=for_id, mime=input.mime
+        )
+        async with context.write() as session:
+            taken = await elements.get_elements_by_ids(session, ids=[element_id], access=EVERYTHING)
+            if taken:
+                raise Conflict(f"element {element_id} exists already", field="id")
+            await object_deletions.add_pending_upload(
+                session,
+                upload=tables.PendingUpload(
+                    id=element_id,
+                    objectKey=object_key,
+                    element={**values, "objectKey": object_key},
+                    userId=context.caller.user_id,
+                    expiresAt=format_timestamp(expires_at + COMPLETION_GRACE),
+                ),
+            )
+        return ElementUpload(
+            element_id=strawberry.ID(element_id),
+            url=target.url,
+            method="PUT",
+            headers=JSONObject(target.headers),
+            expires_at=DateTime(format_timestamp(expires_at)),
+        )
+
+    @strawberry.mutation(
+        description="Record an element whose bytes were PUT to the URL of requestElementUpload, "
+        "after checking the object is there and within GATEWAY_MAX_UPLOAD_BYTES (over it, the object "
+        "is removed). Retrying returns the element."
+    )
+    async def complete_element_upload(self, info: Info, id: strawberry.ID) -> Element:
+        context = info.context
+        files = context.files
+        element_id = parse_id(id, "id")
+        async with context.db.session() as session:
+            pending = await object_deletions.get_pending_upload(
+                session, element_id=element_id, access=context.access
+            )
+            if pending is None:  # completed already (a retry), or never requested
+                done = await elements.get_elements_by_ids(session, ids=[element_id], access=context.access)
+                if element_id in done:
+                    return Element.from_row(done[element_id])
+                raise NotFound(f"no upload of element {element_id} is waiting to be completed", field="id")
+        size = await files.store.size(pending.objectKey)
+        if size is None:
+            raise BadUserInput(f"nothing was uploaded for element {element_id} yet: PUT the bytes first")
+        if size > files.policy.max_bytes:
+            async with context.write() as session:
+                await object_deletions.drop_pending_upload(session, element_id=element_id)
+                await context.forget_objects(session, [pending.objectKey])
+            raise too_large(files.policy.max_bytes)
+        row, _ = await _write_element(context, {**pending.element, "sizeBytes": size})
         return Element.from_row(row)
 
     @strawberry.mutation(description="Delete an element; its stored object is deleted right after.")
