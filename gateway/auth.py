@@ -261,14 +261,15 @@ class Authenticator:
     async def _verified_claims(self, token: str) -> dict[str, Any]:
         settings = self.settings
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
             raise Unauthenticated("the token is not a valid JWT") from error
+        algorithm = header.get("alg")
         key: Any
         if algorithm == "HS256" and settings.jwt_secret is not None:
             key = settings.jwt_secret.get_secret_value()
         elif algorithm in JWKS_ALGORITHMS and self._jwks is not None:
-            key = (await self._jwks.key(jwt.get_unverified_header(token).get("kid"))).key
+            key = (await self._jwks.key(header.get("kid"))).key
         else:
             accepted = [*(["HS256"] if settings.jwt_secret else []), *(JWKS_ALGORITHMS if self._jwks else [])]
             raise Unauthenticated(f"tokens signed with {algorithm!r} are not accepted; accepted: {accepted}")

@@ -195,6 +195,12 @@ class S3Store(ObjectStore):
         size = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
+
+        async def upload_part(body: bytes) -> None:
+            number = len(parts) + 1
+            uploaded = await client.upload_part(**target, UploadId=upload_id, PartNumber=number, Body=body)
+            parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+
         try:
             async for chunk in chunks:
                 size += len(chunk)
@@ -207,20 +213,12 @@ class S3Store(ObjectStore):
                         upload_id = created["UploadId"]
                     part = bytes(buffer[:PART_SIZE])
                     del buffer[:PART_SIZE]
-                    number = len(parts) + 1
-                    uploaded = await client.upload_part(
-                        **target, UploadId=upload_id, PartNumber=number, Body=part
-                    )
-                    parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+                    await upload_part(part)
             if upload_id is None:
                 await client.put_object(**target, Body=bytes(buffer), **extra)
                 return size
             if buffer:
-                number = len(parts) + 1
-                uploaded = await client.upload_part(
-                    **target, UploadId=upload_id, PartNumber=number, Body=bytes(buffer)
-                )
-                parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+                await upload_part(bytes(buffer))
             await client.complete_multipart_upload(
                 **target, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
