@@ -34,6 +34,10 @@ POSTGRES_ADMIN_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Element bytes of every gateway the tests start go to a scratch directory, not the working one.
 os.environ.setdefault("GATEWAY_STORAGE_URL", f"file://{tempfile.mkdtemp(prefix='gateway-files-')}")
+# The session's long-lived gateways share the database with the apps single tests start, each
+# with its own store; their reapers act only when their own deletes wake them, never on a timer
+# that could take another store's pending deletions.
+QUIET_REAPER = 10**9
 TABLES_CHILDREN_FIRST = ("feedbacks", "elements", "steps", "threads", "users")
 
 
@@ -87,7 +91,8 @@ async def database_url(
 @pytest.fixture(scope="session")
 async def app(database_url: str) -> AsyncIterator[Starlette]:
     """The gateway in open development mode (no credentials configured), as a developer runs it."""
-    async with running(Settings(database_url=database_url, auto_migrate=False)) as application:
+    settings = Settings(database_url=database_url, auto_migrate=False, reaper_interval_seconds=QUIET_REAPER)
+    async with running(settings) as application:
         yield application
 
 
@@ -193,6 +198,7 @@ def secured_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(
         database_url=database_url,
         auto_migrate=False,
+        reaper_interval_seconds=QUIET_REAPER,
         api_keys=TEST_API_KEY,
         jwt_secret=TEST_JWT_SECRET,
         **overrides,
