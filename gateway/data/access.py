@@ -86,6 +86,25 @@ def not_yours(kind: str, row_id: str, field: str = "id") -> NotFound:
     return NotFound(f"there is no {kind} {row_id} of yours; a new {kind} needs a new id", field=field)
 
 
+async def require_writable_row(
+    session: AsyncSession,
+    *,
+    access: Access,
+    table: sa.Table,
+    row_id: str,
+    readable: list[sa.ColumnElement[bool]],
+    missing: NotFound,
+) -> None:
+    """Refuse a write to a row hanging off a thread (a feedback, an element): `missing` when it does
+    not exist or the caller cannot see it, then as `require_writable_thread` for its thread."""
+    statement = sa.select(table.c.threadId).where(table.c.id == row_id, *readable)
+    found = (await session.execute(statement)).first()
+    if found is None:
+        raise missing
+    if found.threadId is not None:
+        await require_writable_thread(session, access=access, thread_id=found.threadId, missing=missing)
+
+
 async def require_writable_thread(
     session: AsyncSession, *, access: Access, thread_id: str, missing: NotFound
 ) -> None:

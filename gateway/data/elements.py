@@ -6,7 +6,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.access import Access, not_yours, require_writable_thread
+from gateway.data.access import Access, not_yours, require_writable_row, require_writable_thread
 from gateway.data.common import from_row, insert
 from gateway.data.pagination import Ordering, Page, PageRequest, count_by_parent, fetch_pages_by_parent
 from gateway.errors import BadUserInput, Conflict, NotFound
@@ -95,14 +95,14 @@ async def insert_element(
 async def delete_element(session: AsyncSession, *, element_id: str, access: Access) -> str | None:
     """Delete the element's row; returns its stored object's key, if it has one."""
     missing = NotFound(f"element {element_id} does not exist", field="id")
-    statement = sa.select(elements_table.c.threadId).where(
-        elements_table.c.id == element_id, *access.readable_elements()
+    await require_writable_row(
+        session,
+        access=access,
+        table=elements_table,
+        row_id=element_id,
+        readable=access.readable_elements(),
+        missing=missing,
     )
-    found = (await session.execute(statement)).first()
-    if found is None:
-        raise missing
-    if found.threadId is not None:
-        await require_writable_thread(session, access=access, thread_id=found.threadId, missing=missing)
     deleted = await session.execute(
         sa.delete(elements_table)
         .where(elements_table.c.id == element_id)

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.access import Access, not_yours, require_writable_thread
+from gateway.data.access import Access, not_yours, require_writable_row, require_writable_thread
 from gateway.data.common import KEEP, Keep, from_row, insert
 from gateway.data.pagination import Ordering, Page, PageRequest, count_by_parent, fetch_pages_by_parent
 from gateway.errors import BadUserInput, Conflict, NotFound
@@ -97,16 +97,14 @@ async def upsert_feedback(
 async def delete_feedback(session: AsyncSession, *, feedback_id: str, access: Access) -> None:
     missing = NotFound(f"feedback {feedback_id} does not exist", field="id")
     if not access.everything:
-        thread_id = (
-            await session.execute(
-                sa.select(feedbacks_table.c.threadId).where(
-                    feedbacks_table.c.id == feedback_id, *access.readable_feedbacks()
-                )
-            )
-        ).scalar_one_or_none()
-        if thread_id is None:
-            raise missing
-        await require_writable_thread(session, access=access, thread_id=thread_id, missing=missing)
+        await require_writable_row(
+            session,
+            access=access,
+            table=feedbacks_table,
+            row_id=feedback_id,
+            readable=access.readable_feedbacks(),
+            missing=missing,
+        )
     deleted = (
         await session.execute(
             sa.delete(feedbacks_table)
