@@ -4,7 +4,8 @@ A delete mutation writes the object keys to `gateway_object_deletions` in its ow
 then `kick()`s the reaper, which deletes the objects right after the request, off its path. A
 deletion that fails (the storage is down, a network error) stays in the table with its error and
 is tried again after a growing delay (5 s, 10 s, 20 s ... at most 10 min), also after a restart,
-by any replica: deleting an object twice is harmless.
+by any replica using the same store (each row names its store): deleting an object twice is
+harmless.
 """
 
 import asyncio
@@ -42,6 +43,7 @@ class ObjectReaper:
 
     async def start(self) -> None:
         if self._task is None:
+            await self._warn_of_other_stores()
             self._task = asyncio.create_task(self._loop(), name="gateway-object-reaper")
 
     async def stop(self) -> None:
@@ -50,6 +52,22 @@ class ObjectReaper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def _warn_of_other_stores(self) -> None:
+        try:
+            async with self.db.session() as session:
+                others = await object_deletions.deletions_of_other_stores(session, store=self.store.location)
+        except Exception:  # only a warning: never keep the gateway from starting
+            logger.exception("could not count the deletions recorded for other stores")
+            return
+        for store, count in others.items():
+            logger.warning(
+                "%d stored objects of %s wait to be deleted, but this gateway uses %s: "
+                "only a gateway configured with that store deletes them",
+                count,
+                store,
+                self.store.location,
+            )
 
     async def _loop(self) -> None:
         while True:
@@ -66,13 +84,18 @@ class ObjectReaper:
         """Give up uploads never completed, then try every due deletion once; returns how many
         deletions were due."""
         now = datetime.now(UTC)
+        store = self.store.location
         async with self.db.transaction() as session:
-            abandoned = await object_deletions.expire_pending_uploads(session, now=format_timestamp(now))
+            abandoned = await object_deletions.expire_pending_uploads(
+                session, store=store, now=format_timestamp(now)
+            )
             await object_deletions.enqueue_deletions(
-                session, object_keys=abandoned, now=format_timestamp(now)
+                session, object_keys=abandoned, store=store, now=format_timestamp(now)
             )
         async with self.db.session() as session:
-            due = await object_deletions.due_deletions(session, now=format_timestamp(now), limit=BATCH)
+            due = await object_deletions.due_deletions(
+                session, store=store, now=format_timestamp(now), limit=BATCH
+            )
         if not due:
             return 0
         limit = asyncio.Semaphore(CONCURRENCY)

@@ -53,6 +53,12 @@ class ObjectStore(ABC):
 
     key_prefix = ""
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Which store this is (the bucket and its server, or the directory). Recorded with each
+        deletion, so that only a gateway using this same store deletes the object."""
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open what the store keeps open for the process (the S3 client)."""
 
@@ -106,6 +112,10 @@ class LocalStore(ObjectStore):
     def __init__(self, root: Path, signer: UrlSigner) -> None:
         self.root = root.resolve()
         self.signer = signer
+
+    @property
+    def location(self) -> str:
+        return self.root.as_uri()
 
     def path_of(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -167,6 +177,11 @@ class S3Store(ObjectStore):
         self._session = aioboto3.Session()
         self._exit_stack = contextlib.AsyncExitStack()
         self._client: Any = None
+
+    @property
+    def location(self) -> str:
+        # Keys hold the prefix, so the bucket and the server name the store.
+        return f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
 
     async def start(self) -> None:
         if self._client is None:

@@ -166,7 +166,7 @@ api_keys_table: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]
 
 
 class ObjectDeletion(SQLModel, table=True):
-    """A stored object to delete (the outbox of deletions; see migration 0005)."""
+    """A stored object to delete (the outbox of deletions; see migrations 0005, 0006)."""
 
     __tablename__ = "gateway_object_deletions"
 
@@ -176,13 +176,15 @@ class ObjectDeletion(SQLModel, table=True):
     attempts: int = Field(default=0, sa_column=sa.Column("attempts", sa.Integer(), nullable=False))
     lastError: str | None = Field(default=None, sa_column=sa.Column("lastError", sa.Text()))
     nextAttemptAt: str = Field(sa_column=sa.Column("nextAttemptAt", sa.Text(), nullable=False))
+    # `ObjectStore.location` of the store holding the object (migration 0006); NULL: any store.
+    store: str | None = Field(default=None, sa_column=sa.Column("store", sa.Text()))
 
 
 object_deletions_table: sa.Table = ObjectDeletion.__table__  # type: ignore[attr-defined]
 
 
 class PendingUpload(SQLModel, table=True):
-    """An upload a client was given a URL for, not completed yet (see migration 0005)."""
+    """An upload a client was given a URL for, not completed yet (see migrations 0005, 0006)."""
 
     __tablename__ = "gateway_pending_uploads"
 
@@ -191,6 +193,7 @@ class PendingUpload(SQLModel, table=True):
     element: dict[str, Any] = Field(sa_column=sa.Column("element", sa.JSON(), nullable=False))
     userId: str | None = Field(default=None, sa_column=sa.Column("userId", sa.String(36)))
     expiresAt: str = Field(sa_column=sa.Column("expiresAt", sa.Text(), nullable=False))
+    store: str | None = Field(default=None, sa_column=sa.Column("store", sa.Text()))
 
 
 pending_uploads_table: sa.Table = PendingUpload.__table__  # type: ignore[attr-defined]

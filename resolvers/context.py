@@ -57,7 +57,9 @@ class GatewayContext:
     async def forget_objects(self, session: AsyncSession, object_keys: list[str]) -> None:
         """Delete these stored objects once the transaction commits (and retry until done)."""
         if object_keys and self.attachments is not None:
-            await object_deletions.enqueue_deletions(session, object_keys=object_keys, now=utc_now())
+            await object_deletions.enqueue_deletions(
+                session, object_keys=object_keys, store=self.attachments.store.location, now=utc_now()
+            )
             self._objects_to_delete = True
 
     @asynccontextmanager

@@ -341,6 +341,16 @@ CASES = [
         backend=lambda w: {"metadata": {"theme": "dark"}},
     ),
     Case(
+        "deleteUser",
+        "mutation($id: ID!) { deleteUser(id: $id) { id } }",
+        lambda w: {"id": w.alice},
+        field_of("deleteUser"),
+        alice=lambda w: {"id": w.alice},
+        bob="NOT_FOUND",
+        backend=lambda w: {"id": w.alice},
+        probe="id",
+    ),
+    Case(
         "upsertThread",
         'mutation($id: ID!) { upsertThread(input: {id: $id, name: "Renamed"}) { name } }',
         lambda w: {"id": w.private},

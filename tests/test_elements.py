@@ -349,6 +349,36 @@ async def test_s3_down_during_a_delete_then_back(
             assert await object_deletions.pending_deletions(session) == []
 
 
+async def test_a_gateway_deletes_only_objects_of_its_own_store(
+    database_url: str, db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica configured with another store (by mistake, or while storage moves) must leave the
+    recorded deletions to a gateway that reaches their objects, and say so when it starts."""
+    await clear_tables(db)
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    async with running(_settings(database_url, f"file://{home}", None)) as app, client_of(app) as client:
+        api = client.with_headers(Authorization=f"Bearer {TEST_API_KEY}")
+        reaper = app.state.attachments.reaper
+        await reaper.stop()  # this test runs each attempt itself
+        thread_id, _ = await make_thread(api)
+        element = await created(await upload(api, {"threadId": thread_id, "name": "x"}, b"bytes"))
+        await api.ok("mutation($id: ID!) { deleteElement(id: $id) { id } }", id=element["id"])
+
+        with caplog.at_level("WARNING", logger="gateway.reaper"):
+            async with running(_settings(database_url, f"file://{elsewhere}", None)) as other:
+                assert await other.state.attachments.reaper.run_once() == 0
+        assert f"1 stored objects of {home.as_uri()} wait to be deleted" in caplog.text
+        async with db.session() as session:
+            [pending] = await object_deletions.pending_deletions(session)
+        assert pending.objectKey == element["objectKey"] and pending.store == home.as_uri()
+        assert (home / element["objectKey"]).exists()
+
+        assert await reaper.run_once() == 1
+        assert not (home / element["objectKey"]).exists()
+        async with db.session() as session:
+            assert await object_deletions.pending_deletions(session) == []
+
+
 async def test_a_row_that_cannot_be_written_leaves_no_object(open_stored: Callable[..., Any]) -> None:
     async with open_stored() as stored:
         first, _ = await make_thread(stored.api)
@@ -504,3 +534,29 @@ async def test_an_upload_never_completed_is_removed_when_it_expires(open_stored:
         assert (await stored.api.error(COMPLETE_UPLOAD, id=target["elementId"]))["extensions"][
             "code"
         ] == "NOT_FOUND"
+
+
+async def test_deleting_a_user_removes_the_objects_of_their_threads_and_uploads(
+    open_stored: Callable[..., Any],
+) -> None:
+    secret = "element-tests-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+    async with open_stored() as stored:
+        leaving = stored.api.with_headers(Authorization=f"Bearer {user_token('leaving', secret=secret)}")
+        staying = stored.api.with_headers(Authorization=f"Bearer {user_token('staying', secret=secret)}")
+        kept = await created(await upload(staying, {"threadId": new_uuid(), "name": "kept"}, b"kept"))
+        user_id = (await leaving.ok("{ viewer { id } }"))["viewer"]["id"]
+        for name in ("a", "b"):  # in two threads
+            await created(await upload(leaving, {"threadId": new_uuid(), "name": name}, name.encode()))
+        thread_id = new_uuid()
+        await leaving.ok("mutation($t: ID!) { upsertThread(input: {id: $t}) { id } }", t=thread_id)
+        target = (await leaving.ok(REQUEST_UPLOAD, i={"threadId": thread_id, "name": "half-done"}))[
+            "requestElementUpload"
+        ]
+        assert (await put_bytes(stored, target, b"never completed")).status_code == 200
+        assert len(await stored.objects()) == 4
+
+        await leaving.ok("mutation($id: ID!) { deleteUser(id: $id) { id } }", id=user_id)
+        await stored.settle()
+        assert list((await stored.objects()).values()) == [b"kept"]
+        assert (await staying.ok(ELEMENT, id=kept["id"]))["element"]["url"]
+        assert await stored.pending_deletions() == []

@@ -1,6 +1,11 @@
 """Users: upserted by identifier, looked up by id or identifier, listed and searched."""
 
-from tests.conftest import Api, new_uuid
+import sqlalchemy as sa
+from starlette.applications import Starlette
+
+from gateway.tables import feedbacks_table
+from tests.conftest import Api, new_uuid, statement_log
+from tests.test_errors import snapshot
 
 UPSERT_USER = """
 mutation($input: UserInput!) { upsertUser(input: $input) { id identifier metadata createdAt } }"""
@@ -93,3 +98,59 @@ async def test_renaming_a_user_renames_the_owner_of_their_threads(api: Api) -> N
     assert data["thread"]["userIdentifier"] == "after@example.com"
     listed = await api.ok('{ threads(filter: {userIdentifier: "after@example.com"}) { totalCount } }')
     assert listed["threads"]["totalCount"] == 1
+
+
+DELETE_USER = "mutation($id: ID!) { deleteUser(id: $id) { id } }"
+THREAD_WITH_STEP = """
+mutation($t: ID!, $u: ID!, $s: ID!) {
+  upsertThread(input: {id: $t, userId: $u, name: "chat"}) { id }
+  upsertStep(input: {id: $s, threadId: $t, type: "user_message", name: "User", output: "hi"}) { id }
+  upsertFeedback(input: {forId: $s, value: 1}) { id }
+}"""
+
+
+async def make_user_with_threads(api: Api, identifier: str, threads: int) -> tuple[str, list[str], list[str]]:
+    user_id: str = (await api.ok(UPSERT_USER, input={"identifier": identifier}))["upsertUser"]["id"]
+    thread_ids, step_ids = [new_uuid() for _ in range(threads)], [new_uuid() for _ in range(threads)]
+    for thread_id, step_id in zip(thread_ids, step_ids, strict=True):
+        await api.ok(THREAD_WITH_STEP, t=thread_id, u=user_id, s=step_id)
+    return user_id, thread_ids, step_ids
+
+
+async def test_deleting_a_user_deletes_their_threads_and_nothing_else(app: Starlette, api: Api) -> None:
+    ada, ada_threads, ada_steps = await make_user_with_threads(api, "ada", threads=2)
+    bob, bob_threads, bob_steps = await make_user_with_threads(api, "bob", threads=1)
+
+    assert (await api.ok(DELETE_USER, id=ada))["deleteUser"] == {"id": ada}
+
+    assert (await api.ok("query($id: ID!) { user(id: $id) { id } }", id=ada))["user"] is None
+    for thread_id, step_id in zip(ada_threads, ada_steps, strict=True):
+        gone = await api.ok(
+            "query($t: ID!, $s: ID!) { thread(id: $t) { id } step(id: $s) { id } }", t=thread_id, s=step_id
+        )
+        assert gone == {"thread": None, "step": None}
+    kept = await api.ok(
+        "query($t: ID!, $s: ID!) { thread(id: $t) { user { id } } step(id: $s) { feedback { value } } }",
+        t=bob_threads[0],
+        s=bob_steps[0],
+    )
+    assert kept == {"thread": {"user": {"id": bob}}, "step": {"feedback": {"value": 1}}}
+    async with app.state.db.session() as session:  # the feedback went with the threads, too
+        assert (await session.execute(sa.select(sa.func.count()).select_from(feedbacks_table))).scalar() == 1
+
+    before = await snapshot(app.state.db)
+    assert await api.code(DELETE_USER, id=ada) == "NOT_FOUND"  # deleted already
+    assert await api.code(DELETE_USER, id="not-an-id") == "BAD_USER_INPUT"
+    assert await snapshot(app.state.db) == before
+
+
+async def test_deleting_a_user_costs_the_same_statements_for_any_number_of_threads(
+    app: Starlette, api: Api
+) -> None:
+    counts = []
+    for threads in (1, 6):
+        user_id, _, _ = await make_user_with_threads(api, f"user-{threads}", threads=threads)
+        with statement_log(app.state.db) as log:
+            await api.ok(DELETE_USER, id=user_id)
+        counts.append(log.count)
+    assert counts[0] == counts[1], counts

@@ -12,19 +12,34 @@ from gateway.ids import new_id
 from gateway.tables import ObjectDeletion, PendingUpload, object_deletions_table, pending_uploads_table
 
 
-async def enqueue_deletions(session: AsyncSession, *, object_keys: Sequence[str], now: str) -> None:
+async def enqueue_deletions(
+    session: AsyncSession, *, object_keys: Sequence[str], store: str, now: str
+) -> None:
+    """Record objects of `store` (its `ObjectStore.location`) to delete."""
     rows = [
-        {"id": new_id(), "objectKey": key, "createdAt": now, "attempts": 0, "nextAttemptAt": now}
+        {
+            "id": new_id(),
+            "objectKey": key,
+            "store": store,
+            "createdAt": now,
+            "attempts": 0,
+            "nextAttemptAt": now,
+        }
         for key in object_keys
     ]
     if rows:
         await session.execute(sa.insert(object_deletions_table), rows)
 
 
-async def due_deletions(session: AsyncSession, *, now: str, limit: int) -> list[ObjectDeletion]:
+def _in_store(table: sa.Table, store: str) -> sa.ColumnElement[bool]:
+    """Rows of this store, and rows recorded before stores were named (any store takes those)."""
+    return sa.or_(table.c.store == store, table.c.store.is_(None))
+
+
+async def due_deletions(session: AsyncSession, *, store: str, now: str, limit: int) -> list[ObjectDeletion]:
     statement = (
         sa.select(ObjectDeletion)
-        .where(object_deletions_table.c.nextAttemptAt <= now)
+        .where(object_deletions_table.c.nextAttemptAt <= now, _in_store(object_deletions_table, store))
         .order_by(object_deletions_table.c.nextAttemptAt)
         .limit(limit)
     )
@@ -48,6 +63,19 @@ async def postpone_deletion(
             nextAttemptAt=next_attempt_at,
         )
     )
+
+
+async def deletions_of_other_stores(session: AsyncSession, *, store: str) -> dict[str, int]:
+    """How many deletions wait for each store other than this one (no gateway of ours reaches
+    them, if storage moved)."""
+    table = object_deletions_table
+    statement = (
+        sa.select(table.c.store, sa.func.count())
+        .where(table.c.store != store)
+        .group_by(table.c.store)
+        .order_by(table.c.store)
+    )
+    return {name: count for name, count in (await session.execute(statement)).all()}
 
 
 async def pending_deletions(session: AsyncSession) -> list[ObjectDeletion]:
@@ -75,7 +103,9 @@ async def drop_pending_upload(session: AsyncSession, *, element_id: str) -> None
     await session.execute(sa.delete(pending_uploads_table).where(pending_uploads_table.c.id == element_id))
 
 
-async def expire_pending_uploads(session: AsyncSession, *, now: str) -> list[str]:
-    """Drop uploads never completed in time; returns their object keys (to delete)."""
-    expired = sa.delete(pending_uploads_table).where(pending_uploads_table.c.expiresAt < now)
+async def expire_pending_uploads(session: AsyncSession, *, store: str, now: str) -> list[str]:
+    """Drop this store's uploads never completed in time; returns their object keys (to delete)."""
+    expired = sa.delete(pending_uploads_table).where(
+        pending_uploads_table.c.expiresAt < now, _in_store(pending_uploads_table, store)
+    )
     return list((await session.execute(expired.returning(pending_uploads_table.c.objectKey))).scalars())

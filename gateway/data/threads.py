@@ -223,10 +223,7 @@ async def ensure_thread(session: AsyncSession, *, thread_id: str, access: Access
 
 
 async def delete_thread(session: AsyncSession, *, thread_id: str, access: Access) -> list[str]:
-    """Delete the thread with its steps, elements and feedback; returns the stored objects' keys.
-
-    Children are deleted explicitly: databases Chainlit created from older DDL have no foreign keys.
-    """
+    """Delete the thread with its steps, elements and feedback; returns the stored objects' keys."""
     missing = NotFound(f"thread {thread_id} does not exist")
     await require_writable_thread(session, access=access, thread_id=thread_id, missing=missing)
     exists = (
@@ -234,18 +231,30 @@ async def delete_thread(session: AsyncSession, *, thread_id: str, access: Access
     ).first()
     if exists is None:
         raise missing
-    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.threadId == thread_id))
+    return await delete_threads(session, thread_ids=[thread_id])
+
+
+async def delete_threads(
+    session: AsyncSession, *, thread_ids: Sequence[str] | sa.Select[tuple[str]]
+) -> list[str]:
+    """Delete these threads (ids, or a query of ids) with their feedback, elements and steps, one
+    statement per table whatever their number; returns the stored objects' keys.
+
+    Children are deleted explicitly: databases Chainlit created from older DDL have no foreign keys.
+    """
+    ids = thread_ids if isinstance(thread_ids, sa.Select) else list(thread_ids)
+    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.threadId.in_(ids)))
     object_keys = (
         (
             await session.execute(
                 sa.delete(elements_table)
-                .where(elements_table.c.threadId == thread_id)
+                .where(elements_table.c.threadId.in_(ids))
                 .returning(elements_table.c.objectKey)
             )
         )
         .scalars()
         .all()
     )
-    await session.execute(sa.delete(steps_table).where(steps_table.c.threadId == thread_id))
-    await session.execute(sa.delete(threads_table).where(threads_table.c.id == thread_id))
+    await session.execute(sa.delete(steps_table).where(steps_table.c.threadId.in_(ids)))
+    await session.execute(sa.delete(threads_table).where(threads_table.c.id.in_(ids)))
     return [key for key in object_keys if key]

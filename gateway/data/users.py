@@ -9,10 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.data.access import Access
 from gateway.data.common import from_row, insert, metadata_patch_to_new
 from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
-from gateway.errors import Conflict
+from gateway.data.threads import delete_threads
+from gateway.errors import Conflict, NotFound
 from gateway.ids import new_id
 from gateway.jsonops import sql_icontains, sql_json_merge
-from gateway.tables import User, threads_table, users_table
+from gateway.tables import User, pending_uploads_table, threads_table, users_table
 from gateway.timestamps import utc_now
 
 USER_ORDER = Ordering("users:identifier", (users_table.c.identifier, users_table.c.id))
@@ -99,3 +100,20 @@ async def upsert_user(
             f"identifier {identifier!r} belongs to another user than {user_id}", field="identifier"
         )
     return from_row(User, row)  # type: ignore[no-any-return]
+
+
+async def delete_user(session: AsyncSession, *, user_id: str, access: Access) -> list[str]:
+    """Delete the user with their threads (and those threads' steps, elements and feedback) and
+    their uploads not completed yet; returns the stored objects' keys. A user may delete only
+    themselves: any other id answers as an id never used."""
+    missing = NotFound(f"user {user_id} does not exist", field="id")
+    if not access.owns(user_id):
+        raise missing
+    owned = sa.select(threads_table.c.id).where(threads_table.c.userId == user_id)
+    object_keys = await delete_threads(session, thread_ids=owned)
+    abandoned = sa.delete(pending_uploads_table).where(pending_uploads_table.c.userId == user_id)
+    object_keys += (await session.execute(abandoned.returning(pending_uploads_table.c.objectKey))).scalars()
+    deleted = sa.delete(users_table).where(users_table.c.id == user_id).returning(users_table.c.id)
+    if (await session.execute(deleted)).first() is None:
+        raise missing  # the transaction rolls back: nothing was deleted
+    return object_keys

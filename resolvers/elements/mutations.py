@@ -109,7 +109,9 @@ async def _discard(context: GatewayContext, object_key: str) -> None:
     except Exception:
         logger.warning("could not delete unreferenced object %s now; queued", object_key, exc_info=True)
         async with context.db.transaction() as session:
-            await object_deletions.enqueue_deletions(session, object_keys=[object_key], now=utc_now())
+            await object_deletions.enqueue_deletions(
+                session, object_keys=[object_key], store=files.store.location, now=utc_now()
+            )
         files.reaper.kick()
 
 
@@ -184,6 +186,7 @@ class ElementMutations:
                     objectKey=object_key,
                     element={**values, "objectKey": object_key},
                     userId=context.caller.user_id,
+                    store=files.store.location,
                     expiresAt=format_timestamp(expires_at + COMPLETION_GRACE),
                 ),
             )

@@ -3,9 +3,9 @@ import strawberry
 from gateway.data import users
 from gateway.errors import BadUserInput, Forbidden
 from resolvers.context import Info
-from resolvers.ids import parse_optional_id
+from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import JSONObject
-from resolvers.types import User
+from resolvers.types import DeletePayload, User
 
 
 @strawberry.input(description="A user to create or update, keyed by identifier (or by id to rename).")
@@ -38,3 +38,15 @@ class UserMutations:
                 session, identifier=input.identifier, user_id=user_id, metadata=input.metadata
             )
         return User.from_row(row)
+
+    @strawberry.mutation(
+        description="Delete a user with their threads (and the threads' steps, elements and "
+        "feedback); the elements' stored objects are deleted right after. A user may delete only "
+        "themselves."
+    )
+    async def delete_user(self, info: Info, id: strawberry.ID) -> DeletePayload:
+        user_id = parse_id(id, "id")
+        async with info.context.write() as session:
+            object_keys = await users.delete_user(session, user_id=user_id, access=info.context.access)
+            await info.context.forget_objects(session, object_keys)
+        return DeletePayload(id=strawberry.ID(user_id))
