@@ -24,12 +24,14 @@ from strawberry.asgi import GraphQL
 from gateway.attachments import Attachments, UploadPolicy
 from gateway.auth import NOBODY, Authenticator
 from gateway.config import Settings
+from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
 from gateway.ids import new_id
 from gateway.migrate import upgrade_database
 from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
+from gateway.timestamps import utc_now
 from resolvers.context import GatewayContext
 from resolvers.limits import Limits
 from resolvers.schema import schema
@@ -200,21 +202,28 @@ def local_file_route(store: LocalStore) -> Callable[[Request], Awaitable[Respons
             return _error_response("the link is invalid or has expired", "FORBIDDEN", 403)
         if not path.is_file():
             return _error_response("the file does not exist (any more)", "NOT_FOUND", 404)
-        return FileResponse(
-            path,
-            media_type=mime or "application/octet-stream",
-            headers={
-                "Content-Disposition": content_disposition(name),
-                "Cache-Control": "private, max-age=60",
-            },
-        )
+        headers = {
+            "Content-Disposition": content_disposition(name, mime),
+            "Cache-Control": "private, max-age=60",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if mime.split(";")[0].strip().lower() != "application/pdf":  # a sandbox stops PDF viewers
+            # Opened in a tab, the file runs nothing and reaches nothing of the gateway's origin
+            # (where GraphiQL keeps its token).
+            headers["Content-Security-Policy"] = (
+                "sandbox; default-src 'none'; img-src 'self'; media-src 'self'"
+            )
+        return FileResponse(path, media_type=mime or "application/octet-stream", headers=headers)
 
     return serve_file
 
 
-def local_upload_route(store: LocalStore, policy: UploadPolicy) -> Callable[[Request], Awaitable[Response]]:
+def local_upload_route(
+    store: LocalStore, policy: UploadPolicy, db: Database
+) -> Callable[[Request], Awaitable[Response]]:
     """Takes the bytes of an upload `upload_url` signed (the local twin of a presigned S3 PUT),
-    streamed to disk, up to GATEWAY_MAX_UPLOAD_BYTES."""
+    streamed to disk, up to GATEWAY_MAX_UPLOAD_BYTES, while the upload waits to be completed:
+    once completed (or given up), its link can no longer replace or recreate the element's bytes."""
 
     async def receive_file(request: Request) -> Response:
         key = request.path_params["key"]
@@ -222,6 +231,10 @@ def local_upload_route(store: LocalStore, policy: UploadPolicy) -> Callable[[Req
         signed = store.signer.valid(request.query_params.get("signature", ""), "PUT", key, expires)
         if not signed or not expires.isdigit() or int(expires) < time.time():
             return _error_response("the upload link is invalid or has expired", "FORBIDDEN", 403)
+        async with db.session() as session:
+            pending = await object_deletions.upload_is_pending(session, object_key=key, now=utc_now())
+        if not pending:
+            return _error_response("this upload was completed or given up already", "FORBIDDEN", 403)
         try:
             await store.put(
                 key,
@@ -292,7 +305,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [Route("/graphql", graphql), Route("/healthz", health)]
     if isinstance(store, LocalStore):
         routes.append(Route(FILES_ROUTE + "{key:path}", local_file_route(store), methods=["GET", "HEAD"]))
-        upload_route = local_upload_route(store, attachments.policy)
+        upload_route = local_upload_route(store, attachments.policy, db)
         routes.append(Route(FILES_ROUTE + "{key:path}", upload_route, methods=["PUT"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(RequestIdMiddleware)

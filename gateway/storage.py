@@ -99,13 +99,33 @@ class UrlSigner:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def valid(self, signature: str, *parts: str) -> bool:
-        return hmac.compare_digest(self.sign(*parts), signature)
+        # As bytes: compare_digest refuses non-ASCII text (a forged link must get 403, not 500).
+        return hmac.compare_digest(self.sign(*parts).encode(), signature.encode())
 
 
-def content_disposition(name: str) -> str:
-    """`inline` with the name, RFC 6266 style (an ASCII fallback and the UTF-8 name)."""
-    fallback = "".join(char if char.isascii() and char not in '"\\' else "_" for char in name)
-    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}"
+# Types a browser shows without running anything of the file's: these are served `inline`; any
+# other (HTML, SVG, XML, scripts) as an `attachment`, so a file uploaded to a chat cannot run
+# script on the gateway's (or the bucket's) origin.
+INLINE_TYPE_PREFIXES = ("image/", "audio/", "video/")
+INLINE_TYPES = {"application/pdf", "text/plain"}
+NOT_INLINE_TYPES = {"image/svg+xml"}
+
+
+def shown_inline(mime: str | None) -> bool:
+    bare = (mime or "").split(";")[0].strip().lower()
+    if bare in NOT_INLINE_TYPES:
+        return False
+    return bare in INLINE_TYPES or bare.startswith(INLINE_TYPE_PREFIXES)
+
+
+def content_disposition(name: str, mime: str | None) -> str:
+    """RFC 6266, with an ASCII fallback of the name (no control characters: they cannot be sent
+    in a header) and the UTF-8 name; `inline` only for types that are safe to show."""
+    fallback = "".join(
+        char if char.isascii() and char.isprintable() and char not in '"\\' else "_" for char in name
+    )
+    disposition = "inline" if shown_inline(mime) else "attachment"
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}"
 
 
 class LocalStore(ObjectStore):
@@ -263,7 +283,7 @@ class S3Store(ObjectStore):
         params = {
             "Bucket": self.bucket,
             "Key": key,
-            "ResponseContentDisposition": content_disposition(name),
+            "ResponseContentDisposition": content_disposition(name, mime),
         }
         if mime:
             params["ResponseContentType"] = mime

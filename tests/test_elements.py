@@ -28,6 +28,7 @@ from gateway.config import Settings
 from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.storage import PART_SIZE
+from gateway.tables import pending_uploads_table
 from tests.conftest import TEST_API_KEY, Api, clear_tables, client_of, new_uuid, running, user_token
 
 BUCKET = "gateway-test"
@@ -560,3 +561,105 @@ async def test_deleting_a_user_removes_the_objects_of_their_threads_and_uploads(
         assert list((await stored.objects()).values()) == [b"kept"]
         assert (await staying.ok(ELEMENT, id=kept["id"]))["element"]["url"]
         assert await stored.pending_deletions() == []
+
+
+async def test_files_that_could_run_script_are_served_as_attachments(open_stored: Callable[..., Any]) -> None:
+    """An uploaded HTML or SVG file must not run on the gateway's (or the bucket's) origin."""
+    async with open_stored() as stored:
+        thread_id, _ = await make_thread(stored.api)
+        page = await created(
+            await upload(
+                stored.api, {"threadId": thread_id, "name": "x.html"}, b"<script>1</script>", mime="text/html"
+            )
+        )
+        picture = await created(
+            await upload(stored.api, {"threadId": thread_id, "name": "a.png"}, b"png", mime="image/png")
+        )
+        served = await read(stored, page["url"])
+        assert served.content == b"<script>1</script>"
+        assert served.headers["content-disposition"].startswith("attachment;")
+        assert (await read(stored, picture["url"])).headers["content-disposition"].startswith("inline;")
+        if page["url"].startswith("http://localhost/"):  # the gateway's own route
+            assert served.headers["x-content-type-options"] == "nosniff"
+            assert served.headers["content-security-policy"].startswith("sandbox")
+
+
+async def test_bad_element_input_is_refused_and_stores_nothing(open_stored: Callable[..., Any]) -> None:
+    async with open_stored() as stored:
+        thread_id, _ = await make_thread(stored.api)
+        for input_, content in (
+            ({"threadId": thread_id, "name": "a", "mime": "text/plain; charset=ф"}, b"x"),
+            ({"threadId": thread_id, "name": "a", "mime": "not a type"}, b"x"),
+            ({"threadId": thread_id, "name": "a", "url": "javascript:alert(1)"}, None),
+        ):
+            if content is None:
+                body = (await stored.api.post(CREATE, {"input": input_})).json()
+            else:
+                body = (await upload(stored.api, input_, content)).json()
+            assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+        as_text = await stored.api.post(
+            CREATE, {"input": {"threadId": thread_id, "name": "a"}, "file": "text"}
+        )
+        assert as_text.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        assert await stored.objects() == {}
+
+
+async def test_a_name_with_line_breaks_is_served_with_a_clean_header(open_stored: Callable[..., Any]) -> None:
+    async with open_stored() as stored:
+        thread_id, _ = await make_thread(stored.api)
+        name = "a\r\nSet-Cookie: pwn=1.txt"
+        element = await created(await upload(stored.api, {"threadId": thread_id, "name": name}, b"text"))
+        served = await read(stored, element["url"])
+        assert served.content == b"text" and "set-cookie" not in served.headers
+        assert "\r" not in served.headers["content-disposition"]
+
+
+async def test_a_forged_signature_of_any_text_gets_403(
+    database_url: str, db: Database, tmp_path: Path
+) -> None:
+    await clear_tables(db)
+    async with running(_settings(database_url, f"file://{tmp_path}", None)) as app, client_of(app) as client:
+        for method in ("GET", "PUT"):
+            response = await client.http.request(method, "/files/x?expires=9999999999&signature=%C3%A9")
+            assert response.status_code == 403
+
+
+async def test_an_upload_ends_once_completed_given_up_or_replaced(open_stored: Callable[..., Any]) -> None:
+    async with open_stored() as stored:
+        api = stored.api
+        thread_id, _ = await make_thread(api)
+        completed = (await api.ok(REQUEST_UPLOAD, i={"threadId": thread_id, "name": "a"}))[
+            "requestElementUpload"
+        ]
+        await put_bytes(stored, completed, b"first")
+        await api.ok(COMPLETE_UPLOAD, id=completed["elementId"])
+        if completed["url"].startswith("http://localhost/"):  # the gateway's route checks it is pending
+            assert (await put_bytes(stored, completed, b"replaced")).status_code == 403
+
+        # Bytes given to createElement for the id of a requested upload replace that upload.
+        replaced = (await api.ok(REQUEST_UPLOAD, i={"threadId": thread_id, "name": "b"}))[
+            "requestElementUpload"
+        ]
+        await put_bytes(stored, replaced, b"requested")
+        await created(
+            await upload(api, {"id": replaced["elementId"], "threadId": thread_id, "name": "b"}, b"given")
+        )
+
+        # Completing after the upload expired is refused; the reaper removes its bytes.
+        expired = (await api.ok(REQUEST_UPLOAD, i={"threadId": thread_id, "name": "c"}))[
+            "requestElementUpload"
+        ]
+        await put_bytes(stored, expired, b"late")
+        async with stored.db.transaction() as session:
+            await session.execute(
+                sa.update(pending_uploads_table)
+                .where(pending_uploads_table.c.id == expired["elementId"])
+                .values(expiresAt="2000-01-01T00:00:00.000Z")
+            )
+        assert (await api.error(COMPLETE_UPLOAD, id=expired["elementId"]))["extensions"][
+            "code"
+        ] == "NOT_FOUND"
+
+        await stored.settle()
+        assert sorted((await stored.objects()).values()) == [b"first", b"given"]
+        assert (await api.ok(ELEMENT, id=expired["elementId"]))["element"] is None

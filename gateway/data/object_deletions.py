@@ -99,8 +99,24 @@ async def get_pending_upload(
     return (await session.execute(statement)).scalars().first()
 
 
-async def drop_pending_upload(session: AsyncSession, *, element_id: str) -> None:
-    await session.execute(sa.delete(pending_uploads_table).where(pending_uploads_table.c.id == element_id))
+async def take_pending_upload(
+    session: AsyncSession, *, element_id: str, access: Access, now: str
+) -> str | None:
+    """Remove the caller's pending upload of this element, if it has not expired; returns its
+    object key. Taking it in the transaction that writes the element makes the completion and the
+    reaper's expiry exclude each other: only one of them gets the row."""
+    table = pending_uploads_table
+    statement = sa.delete(table).where(table.c.id == element_id, table.c.expiresAt > now)
+    if not access.everything:
+        statement = statement.where(table.c.userId == access.user_id)
+    return (await session.execute(statement.returning(table.c.objectKey))).scalar_one_or_none()
+
+
+async def upload_is_pending(session: AsyncSession, *, object_key: str, now: str) -> bool:
+    """Whether an upload to this key was asked for and is neither completed nor expired."""
+    table = pending_uploads_table
+    statement = sa.select(table.c.id).where(table.c.objectKey == object_key, table.c.expiresAt > now)
+    return (await session.execute(statement)).first() is not None
 
 
 async def expire_pending_uploads(session: AsyncSession, *, store: str, now: str) -> list[str]:

@@ -1,7 +1,9 @@
 import contextlib
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import strawberry
 from strawberry.file_uploads import Upload
@@ -45,6 +47,9 @@ class ElementInput:
     url: str | None = strawberry.field(
         default=None, description="Attach by reference: the bytes stay at this URL (give no file)."
     )
+    chainlit_key: str | None = strawberry.field(
+        default=None, description="Chainlit's key of the file in its session (kept as given)."
+    )
 
 
 @strawberry.type(description="Where to PUT an element's bytes yourself, then call completeElementUpload.")
@@ -75,25 +80,59 @@ def _element_values(
         "page": input.page,
         "props": input.props,
         "url": input.url,
+        "chainlitKey": input.chainlit_key,
         "createdAt": utc_now(),
     }
 
 
-async def _write_element(context: GatewayContext, values: dict[str, Any]) -> tuple[tables.Element, bool]:
-    """Write the row (creating its thread if missing), after checking again where it goes."""
+def _not_waiting(element_id: str) -> NotFound:
+    return NotFound(f"no upload of element {element_id} is waiting to be completed", field="id")
+
+
+async def _write_element(
+    context: GatewayContext, values: dict[str, Any], *, completing_upload: bool = False
+) -> tuple[tables.Element, bool]:
+    """Write the row (creating its thread if missing), after checking again where it goes.
+
+    A pending upload of the same element id ends here: completed (`completing_upload`, and then it
+    must still be pending), or replaced by bytes given to createElement (its object is deleted).
+    """
     async with context.write() as session:
-        await ensure_thread(session, thread_id=values["threadId"], access=context.access, now=utc_now())
+        now = utc_now()
+        pending_key = await object_deletions.take_pending_upload(
+            session, element_id=values["id"], access=context.access, now=now
+        )
+        if completing_upload and pending_key is None:
+            done = await elements.get_elements_by_ids(session, ids=[values["id"]], access=context.access)
+            if values["id"] in done:  # a concurrent completion of the same upload won
+                return done[values["id"]], False
+            raise _not_waiting(values["id"])  # expired (the reaper may be removing it) meanwhile
+        if pending_key is not None and pending_key != values["objectKey"]:
+            await context.forget_objects(session, [pending_key])
+        await ensure_thread(session, thread_id=values["threadId"], access=context.access, now=now)
         await elements.check_element_target(
             session, thread_id=values["threadId"], for_id=values["forId"], access=context.access
         )
         row, created = await elements.insert_element(session, values=values, access=context.access)
-        await object_deletions.drop_pending_upload(session, element_id=values["id"])
     return row, created
+
+
+# A MIME type as HTTP headers carry it: type/subtype, then parameters, in printable ASCII.
+MIME_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?")
+
+
+def _check_mime(mime: str | None) -> None:
+    if mime is not None and not MIME_TYPE.fullmatch(mime):
+        raise BadUserInput(f"{mime!r} is not a MIME type (type/subtype, in ASCII)", field="mime")
 
 
 def _checked_input(input: ElementInput) -> tuple[str, str | None, str]:
     if not input.name.strip():
         raise BadUserInput("`name` must not be empty", field="name")
+    _check_mime(input.mime)
+    if input.url is not None and urlsplit(input.url).scheme.lower() not in ("http", "https"):
+        # Clients render it as a link: javascript: or data: URLs would run in their pages.
+        raise BadUserInput("`url` must be an http or https URL", field="url")
     return (
         parse_id(input.thread_id, "input.threadId"),
         parse_optional_id(input.for_id, "input.forId"),
@@ -133,7 +172,10 @@ class ElementMutations:
                 session, thread_id=thread_id, for_id=for_id, access=context.access
             )
         object_key, size_bytes = None, None
+        if file is not None and not callable(getattr(file, "read", None)):
+            raise BadUserInput("`file` must be a file part of a GraphQL multipart request", field="file")
         mime = input.mime or (getattr(file, "content_type", None) if file is not None else None)
+        _check_mime(mime)
         if file is not None:
             files.policy.check_mime(mime)
             object_key = files.new_key(thread_id, element_id)
@@ -215,16 +257,18 @@ class ElementMutations:
                 done = await elements.get_elements_by_ids(session, ids=[element_id], access=context.access)
                 if element_id in done:
                     return Element.from_row(done[element_id])
-                raise NotFound(f"no upload of element {element_id} is waiting to be completed", field="id")
+                raise _not_waiting(element_id)
         size = await files.store.size(pending.objectKey)
         if size is None:
             raise BadUserInput(f"nothing was uploaded for element {element_id} yet: PUT the bytes first")
         if size > files.policy.max_bytes:
             async with context.write() as session:
-                await object_deletions.drop_pending_upload(session, element_id=element_id)
+                await object_deletions.take_pending_upload(
+                    session, element_id=element_id, access=context.access, now=utc_now()
+                )
                 await context.forget_objects(session, [pending.objectKey])
             raise too_large(files.policy.max_bytes)
-        row, _ = await _write_element(context, {**pending.element, "sizeBytes": size})
+        row, _ = await _write_element(context, {**pending.element, "sizeBytes": size}, completing_upload=True)
         return Element.from_row(row)
 
     @strawberry.mutation(description="Delete an element; its stored object is deleted right after.")
