@@ -194,6 +194,7 @@ class PendingUpload(SQLModel, table=True):
     userId: str | None = Field(default=None, sa_column=sa.Column("userId", sa.String(36)))
     expiresAt: str = Field(sa_column=sa.Column("expiresAt", sa.Text(), nullable=False))
     store: str | None = Field(default=None, sa_column=sa.Column("store", sa.Text()))
+    threadId: str | None = Field(default=None, sa_column=sa.Column("threadId", UUIDText()))
 
 
 pending_uploads_table: sa.Table = PendingUpload.__table__  # type: ignore[attr-defined]

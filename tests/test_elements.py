@@ -663,3 +663,21 @@ async def test_an_upload_ends_once_completed_given_up_or_replaced(open_stored: C
         await stored.settle()
         assert sorted((await stored.objects()).values()) == [b"first", b"given"]
         assert (await api.ok(ELEMENT, id=expired["elementId"]))["element"] is None
+
+
+async def test_deleting_a_thread_ends_its_uploads(open_stored: Callable[..., Any]) -> None:
+    """A completion arriving after its thread was deleted must not bring the thread back."""
+    async with open_stored() as stored:
+        thread_id, _ = await make_thread(stored.api)
+        target = (await stored.api.ok(REQUEST_UPLOAD, i={"threadId": thread_id, "name": "a"}))[
+            "requestElementUpload"
+        ]
+        await put_bytes(stored, target, b"bytes")
+        await stored.api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        refused = await stored.api.error(COMPLETE_UPLOAD, id=target["elementId"])
+        assert refused["extensions"]["code"] == "NOT_FOUND"
+        assert (await stored.api.ok("query($id: ID!) { thread(id: $id) { id } }", id=thread_id))[
+            "thread"
+        ] is None
+        await stored.settle()
+        assert await stored.objects() == {}

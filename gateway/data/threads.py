@@ -27,6 +27,7 @@ from gateway.tables import (
     Thread,
     elements_table,
     feedbacks_table,
+    pending_uploads_table,
     steps_table,
     threads_table,
     users_table,
@@ -237,24 +238,18 @@ async def delete_thread(session: AsyncSession, *, thread_id: str, access: Access
 async def delete_threads(
     session: AsyncSession, *, thread_ids: Sequence[str] | sa.Select[tuple[str]]
 ) -> list[str]:
-    """Delete these threads (ids, or a query of ids) with their feedback, elements and steps, one
-    statement per table whatever their number; returns the stored objects' keys.
+    """Delete these threads (ids, or a query of ids) with their feedback, elements, steps and
+    uploads not completed, one statement per table whatever their number; returns the stored
+    objects' keys.
 
     Children are deleted explicitly: databases Chainlit created from older DDL have no foreign keys.
     """
     ids = thread_ids if isinstance(thread_ids, sa.Select) else list(thread_ids)
     await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.threadId.in_(ids)))
-    object_keys = (
-        (
-            await session.execute(
-                sa.delete(elements_table)
-                .where(elements_table.c.threadId.in_(ids))
-                .returning(elements_table.c.objectKey)
-            )
-        )
-        .scalars()
-        .all()
-    )
+    elements = sa.delete(elements_table).where(elements_table.c.threadId.in_(ids))
+    object_keys = list((await session.execute(elements.returning(elements_table.c.objectKey))).scalars())
+    uploads = sa.delete(pending_uploads_table).where(pending_uploads_table.c.threadId.in_(ids))
+    object_keys += (await session.execute(uploads.returning(pending_uploads_table.c.objectKey))).scalars()
     await session.execute(sa.delete(steps_table).where(steps_table.c.threadId.in_(ids)))
     await session.execute(sa.delete(threads_table).where(threads_table.c.id.in_(ids)))
     return [key for key in object_keys if key]

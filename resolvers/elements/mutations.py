@@ -229,6 +229,7 @@ class ElementMutations:
                     element={**values, "objectKey": object_key},
                     userId=context.caller.user_id,
                     store=files.store.location,
+                    threadId=thread_id,
                     expiresAt=format_timestamp(expires_at + COMPLETION_GRACE),
                 ),
             )
