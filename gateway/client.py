@@ -1,0 +1,162 @@
+"""A small async client for the gateway's GraphQL API, for Python backends (and the Chainlit data
+layer in `gateway.chainlit`).
+
+One pooled `httpx.AsyncClient` for the client's life. The gateway's writes are upserts and deletes
+by id (all but `appendStepOutput`), so a request that fails on the way (connection refused or
+reset, a timeout) or that the database picked as a deadlock victim (`CONFLICT` with
+`retryable: true`) is sent again, a few times, with a growing pause. A call marked
+`idempotent=False` is sent again only when it cannot have arrived (the connection failed).
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+
+logger = logging.getLogger("gateway.client")
+
+RETRY_PAUSE_SECONDS = 0.25
+
+
+class GatewayError(Exception):
+    """The gateway refused a request: `code` is its `extensions.code` (NOT_FOUND, FORBIDDEN,
+    BAD_USER_INPUT, UNAUTHENTICATED, ...)."""
+
+    def __init__(self, message: str, *, code: str | None, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """A file for a GraphQL `Upload` variable: its bytes, or a path read when the request is sent
+    (again for a retry), streamed rather than loaded."""
+
+    name: str
+    content: bytes | None = None
+    path: Path | None = None
+    mime: str = "application/octet-stream"
+
+    def open(self) -> bytes | IO[bytes]:
+        if self.content is not None:
+            return self.content
+        if self.path is None:
+            raise ValueError("an upload needs content or a path")
+        return self.path.open("rb")
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        attempts: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`url` is the GraphQL endpoint (`http://host:8000/graphql`); a backend authenticates with
+        `api_key`, a user with a `token`. `transport` is httpx's (tests pass the ASGI app's)."""
+        headers = {"Accept": "application/json"}
+        if api_key or token:
+            headers["Authorization"] = f"Bearer {api_key or token}"
+        self.url = url
+        self.attempts = max(1, attempts)
+        self.http = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> "GatewayClient":
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def execute(
+        self,
+        document: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        files: Mapping[str, UploadFile] | None = None,
+        idempotent: bool = True,
+    ) -> dict[str, Any]:
+        """Run one operation and return its `data`; raises `GatewayError` if the gateway answered
+        with errors, `httpx.HTTPError` if it could not be reached after every attempt.
+
+        `files` maps variable names (holding null in `variables`) to files, sent as a GraphQL
+        multipart request."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = await self._send(document, dict(variables or {}), files)
+                return self._data_of(response)
+            except (httpx.TransportError, GatewayError) as error:
+                if attempt == self.attempts or not _retryable(error, idempotent=idempotent):
+                    raise
+                logger.warning(
+                    "gateway request failed (%s); attempt %d of %d", error, attempt + 1, self.attempts
+                )
+                await asyncio.sleep(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(
+        self, document: str, variables: dict[str, Any], files: Mapping[str, UploadFile] | None
+    ) -> httpx.Response:
+        if not files:
+            return await self.http.post(self.url, json={"query": document, "variables": variables})
+        operations = {"query": document, "variables": {**variables, **dict.fromkeys(files)}}
+        names = list(files)
+        mapping = {str(index): [f"variables.{name}"] for index, name in enumerate(names)}
+        opened = {str(index): files[name].open() for index, name in enumerate(names)}
+        try:
+            return await self.http.post(
+                self.url,
+                data={"operations": json.dumps(operations), "map": json.dumps(mapping)},
+                files={
+                    key: (files[name].name, opened[key], files[name].mime)
+                    for key, name in zip(opened, names, strict=True)
+                },
+                # The gateway refuses multipart requests without it (they could be cross-site forms).
+                headers={"Apollo-Require-Preflight": "true"},
+            )
+        finally:
+            for body in opened.values():
+                if not isinstance(body, bytes):
+                    body.close()
+
+    @staticmethod
+    def _data_of(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            response.raise_for_status()
+            raise GatewayError(
+                f"the gateway answered HTTP {response.status_code} without JSON", code=None, errors=[]
+            ) from None
+        errors: list[dict[str, Any]] = body.get("errors") or []
+        if errors:
+            first = errors[0]
+            code = (first.get("extensions") or {}).get("code")
+            raise GatewayError(
+                first.get("message", "the gateway refused the request"), code=code, errors=errors
+            )
+        data: dict[str, Any] = body.get("data") or {}
+        return data
+
+
+def _retryable(error: Exception, *, idempotent: bool) -> bool:
+    if isinstance(error, GatewayError):  # a deadlock victim: its transaction wrote nothing
+        return any((item.get("extensions") or {}).get("retryable") is True for item in error.errors)
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+        return True  # nothing was sent
+    return idempotent  # it may have arrived, and its answer was lost
