@@ -172,13 +172,16 @@ class GatewayDataLayer(BaseDataLayer):
     async def create_element(self, element: "Element") -> None:
         """Store the element's bytes (its `content`, or the file at its `path`) in the gateway's
         storage, then its row; an element with only a `url` is kept by reference. A retry (same id)
-        changes nothing."""
+        changes nothing, except for elements Chainlit updates in place (`CustomElement`,
+        `TaskList`): those are replaced, bytes included."""
         if not element.thread_id:
             return
+        if getattr(element, "updatable", False):
+            await self._delete(DELETE_ELEMENT, element.id)
         input_: dict[str, Any] = {
             "id": element.id,
             "threadId": element.thread_id,
-            "forId": element.for_id,
+            "forId": element.for_id or None,  # TaskList sends "" for none
             "name": element.name or element.id,
             "type": getattr(element, "type", None),
             "mime": element.mime,

@@ -593,6 +593,23 @@ async def test_a_retried_create_element_leaves_one_element(gw: Gateway) -> None:
     assert [path.read_bytes() for path in gw.stored_files()] == [b"once"]
 
 
+async def test_an_element_chainlit_updates_in_place_is_stored_with_its_changes(gw: Gateway) -> None:
+    """CustomElement.update() (and TaskList's) send the same element again with new props."""
+    thread_id, step = await thread_with_step(gw.layer)
+    counter = cl.CustomElement(name="Counter", props={"count": 1}, for_id=step["id"], thread_id=thread_id)
+    await gw.layer.create_element(counter)
+    counter.props = {"count": 2}
+    await gw.layer.create_element(counter)
+    stored = await gw.layer.get_element(thread_id, counter.id)
+    assert stored is not None and stored["props"] == {"count": 2}
+    tasks = cl.CustomElement(name="Tasks", props={}, for_id="", thread_id=thread_id)  # as TaskList sends
+    await gw.layer.create_element(tasks)
+    stored = await gw.layer.get_element(thread_id, tasks.id)
+    assert stored is not None and stored["forId"] is None
+    await gw.reap()
+    assert len(gw.stored_files()) == 2  # the first counter's bytes went with its first row
+
+
 # --- list_threads ---
 
 
