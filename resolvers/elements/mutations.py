@@ -142,16 +142,12 @@ def _checked_input(input: ElementInput) -> tuple[str, str | None, str]:
 
 async def _discard(context: GatewayContext, object_key: str) -> None:
     """Remove an object no row will reference; if that fails, leave it to the reaper."""
-    files = context.files
     try:
-        await files.store.delete(object_key)
+        await context.files.store.delete(object_key)
     except Exception:
         logger.warning("could not delete unreferenced object %s now; queued", object_key, exc_info=True)
-        async with context.db.transaction() as session:
-            await object_deletions.enqueue_deletions(
-                session, object_keys=[object_key], store=files.store.location, now=utc_now()
-            )
-        files.reaper.kick()
+        async with context.write() as session:
+            await context.forget_objects(session, [object_key])
 
 
 @strawberry.type
