@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from cross_web import HTTPException
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -123,6 +124,9 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 requestId=request_id,
             )
         await response(scope, receive, send)
+
+    def encode_json(self, data: object) -> bytes:
+        return orjson.dumps(data)
 
     def _is_ide_page(self, request: Request) -> bool:
         """A request strawberry answers with the GraphiQL page (static HTML; its own queries, with

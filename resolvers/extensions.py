@@ -8,26 +8,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import GraphQLError, OperationDefinitionNode, StringValueNode, visit
-from graphql.language import Visitor
+from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
 from gateway.errors import BadUserInput, GatewayError
+from resolvers.documents import prepared_for
 
 logger = logging.getLogger("gateway.errors")
 NUL_PROBLEM = "strings must not contain NUL (\\u0000) characters"
 MAX_JSON_DEPTH = 64
 SUGGESTION = re.compile(r" ?Did you mean .*\?$")
-
-
-class _StringLiterals(Visitor):
-    def __init__(self) -> None:
-        super().__init__()
-        self.has_nul = False
-
-    def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
-        if "\x00" in node.value:
-            self.has_nul = True
 
 
 def _variable_problem(variables: Any) -> str | None:
@@ -62,16 +52,13 @@ class RequestChecks(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context
         problem: str | None = None
-        document = context.graphql_document
-        literals = _StringLiterals()
-        if document is not None:
-            visit(document, literals)
-            operations = [item for item in document.definitions if isinstance(item, OperationDefinitionNode)]
+        prepared = prepared_for(context)
+        if context.graphql_document is not None and prepared is not None:
             # `operation_name` falls back to the first operation's name; only what was sent counts.
-            if len(operations) > 1 and context._provided_operation_name is None:
+            if len(prepared.operations) > 1 and context._provided_operation_name is None:
                 problem = "the document has several operations: say which to run with `operationName`"
-        if literals.has_nul:
-            problem = NUL_PROBLEM
+            if prepared.has_nul_literal:
+                problem = NUL_PROBLEM
         problem = _variable_problem(context.variables or {}) or problem
         if problem is not None:
             error = BadUserInput(problem)

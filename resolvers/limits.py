@@ -27,24 +27,19 @@ from graphql import (
     GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
-    Lexer,
     ListValueNode,
-    OperationDefinitionNode,
     SelectionSetNode,
-    Source,
-    TokenKind,
     VariableNode,
     get_named_type,
     get_nullable_type,
     is_list_type,
-    validate,
     value_from_ast_untyped,
 )
-from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
 
 from gateway.data.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from gateway.errors import GatewayError
+from resolvers.documents import prepared_for
 
 FREE_TYPES = ("PageInfo",)  # with every `...Edge` type: parts of a connection, not objects of their own
 LIST_ESTIMATE = 5  # items assumed in a list field with no list argument to count (a step's elements)
@@ -74,19 +69,6 @@ class QueryLimitExceeded(GatewayError):
 
 class IntrospectionDisabled(GatewayError):
     code = "INTROSPECTION_DISABLED"
-
-
-def count_tokens(query: str) -> int | None:
-    """The tokens the parser would read (comments excluded); None when the text does not lex, so
-    the parser reports the syntax error itself."""
-    lexer = Lexer(Source(query))
-    count = 0
-    try:
-        while lexer.advance().kind is not TokenKind.EOF:
-            count += 1
-    except GraphQLError:
-        return None
-    return count
 
 
 @dataclass
@@ -203,9 +185,9 @@ class QueryLimits(SchemaExtension):
 
     def on_parse(self) -> Iterator[None]:
         limits = self._limits()
-        query = self.execution_context.query
-        if query is not None:
-            tokens = count_tokens(query)
+        prepared = prepared_for(self.execution_context)
+        if prepared is not None:
+            tokens = prepared.tokens
             if tokens is not None and tokens > limits.max_tokens:
                 error = QueryLimitExceeded("MAX_TOKENS_EXCEEDED", "token count", tokens, limits.max_tokens)
                 # Raised before parsing, this error skips `ErrorCodes`' shaping: it carries its code.
@@ -230,11 +212,12 @@ class QueryLimits(SchemaExtension):
         assert document is not None
         limits = self._limits()
         schema: GraphQLSchema = context.schema._schema
-        if not limits.introspection:
-            errors = validate(schema, document, [NoSchemaIntrospectionCustomRule])
-            if errors:
-                return IntrospectionDisabled("introspection is turned off on this gateway")
-        operations = [item for item in document.definitions if isinstance(item, OperationDefinitionNode)]
+        prepared = prepared_for(context)
+        if prepared is None:  # pragma: no cover - a document always comes from a text here
+            return None
+        if not limits.introspection and prepared.introspects(schema):
+            return IntrospectionDisabled("introspection is turned off on this gateway")
+        operations = prepared.operations
         name = context.operation_name
         operation = next(
             (item for item in operations if name is None or (item.name and item.name.value == name)), None
