@@ -33,6 +33,7 @@ from gateway.migrate import upgrade_database
 from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
 from gateway.timestamps import utc_now
+from resolvers.compiled import CompiledReads
 from resolvers.context import GatewayContext
 from resolvers.limits import Limits
 from resolvers.schema import schema
@@ -80,6 +81,8 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         limits: Limits,
         attachments: Attachments,
         max_body_bytes: int,
+        compiled_reads: CompiledReads | None = None,
+        verify_compiled_reads: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(schema, multipart_uploads_enabled=True, **kwargs)
@@ -88,6 +91,8 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         self.limits = limits
         self.attachments = attachments
         self.max_body_bytes = max_body_bytes
+        self.compiled_reads = compiled_reads
+        self.verify_compiled_reads = verify_compiled_reads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Requests that are no GraphQL request (no query, a body that is not JSON, variables that
@@ -104,7 +109,8 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 scope["state"]["caller"] = await self.auth.authenticate(
                     request.headers, request.client.host if request.client else None
                 )
-            response = await self.run(Request(scope=scope, receive=self._capped(request, receive)))
+            capped = Request(scope=scope, receive=self._capped(request, receive))
+            response = await self._compiled(capped) or await self.run(capped)
         except GatewayError as error:
             response = _error_response(
                 error.message, error.code, HTTP_STATUS.get(error.code, 400), **error.extensions
@@ -124,6 +130,46 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 requestId=request_id,
             )
         await response(scope, receive, send)
+
+    async def _compiled(self, request: Request) -> Response | None:
+        """The answer of the compiled read path, or None for the resolvers to answer (anything
+        but a JSON POST of a query operation it covers)."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if self.compiled_reads is None or request.method != "POST" or content_type != "application/json":
+            return None
+        try:
+            payload = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(payload, dict):
+            return None
+        answer = await self.compiled_reads.execute(
+            query=payload.get("query"),
+            variables=payload.get("variables"),
+            operation_name=payload.get("operationName"),
+            access=request.scope["state"]["caller"].access,
+        )
+        if answer is None:
+            return None
+        if self.verify_compiled_reads:
+            return await self._verified(request, answer)
+        return Response(answer, media_type="application/json")
+
+    async def _verified(self, request: Request, answer: bytes) -> Response:
+        """The compiled answer if the resolvers give the same JSON, else an error naming both."""
+        expected = await self.run(request)
+        if orjson.loads(expected.body) == orjson.loads(answer):
+            return Response(answer, media_type="application/json")
+        logger.error(
+            "compiled read differs: %s\ncompiled: %s\nresolvers: %s", request.url, answer, expected.body
+        )
+        return _error_response(
+            "the compiled read path answered differently from the resolvers",
+            "COMPILED_READ_MISMATCH",
+            500,
+            compiled=answer.decode(),
+            resolvers=bytes(expected.body).decode(),
+        )
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)
@@ -298,12 +344,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_cost=settings.max_query_cost,
         introspection=settings.introspection,
     )
+    compiled_reads = CompiledReads(schema, db, limits)
     graphql = GatewayGraphQL(
         db,
         auth,
         limits,
         attachments,
         settings.max_body_bytes,
+        compiled_reads=compiled_reads if settings.compiled_reads else None,
+        verify_compiled_reads=settings.compiled_reads_verify,
         graphql_ide="graphiql" if settings.graphiql else None,
     )
     routes = [Route("/graphql", graphql), Route("/healthz", health)]
@@ -317,4 +366,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.auth = auth
     app.state.attachments = attachments
     app.state.settings = settings
+    app.state.compiled_reads = compiled_reads
     return app

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest request body")
     graphiql: bool = Field(default=True, description="serve the GraphiQL IDE at /graphql")
     introspection: bool = Field(default=True, description="answer introspection queries")
+    compiled_reads: bool = Field(
+        default=True,
+        description="answer the queries it covers with one SQL statement that builds the JSON; "
+        "false: every query runs on the resolvers (for debugging)",
+    )
+    compiled_reads_verify: bool = Field(
+        default=False,
+        description="also run each compiled query on the resolvers and answer an error when they "
+        "differ (the test suite runs so; doubles the cost of reads)",
+    )
 
     @property
     def api_key_list(self) -> list[str]:

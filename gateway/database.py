@@ -10,6 +10,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from gateway import jsonops
+from gateway.data.pagination import encode_cursor
+from gateway.timestamps import display_timestamp
 
 
 class Database:
@@ -82,6 +84,9 @@ def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
         "gateway_json_contains": (2, jsonops.sqlite_json_contains),
         "gateway_json_merge": (2, jsonops.sqlite_json_merge),
         "gateway_tags_contain_all": (2, jsonops.sqlite_tags_contain_all),
+        # Reads the database answers as JSON (gateway.data.json_reads) call these per row.
+        "gateway_display_timestamp": (1, display_timestamp),
+        "gateway_cursor": (-1, encode_cursor),
     }
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -20,7 +20,7 @@ MAX_JSON_DEPTH = 64
 SUGGESTION = re.compile(r" ?Did you mean .*\?$")
 
 
-def _variable_problem(variables: Any) -> str | None:
+def variable_problem(variables: Any) -> str | None:
     """Why the variables cannot be stored, walking them without recursion (a value nested
     thousands deep must get an answer, not exhaust the stack)."""
     pending = [(variables, 0)]
@@ -59,7 +59,7 @@ class RequestChecks(SchemaExtension):
                 problem = "the document has several operations: say which to run with `operationName`"
             if prepared.has_nul_literal:
                 problem = NUL_PROBLEM
-        problem = _variable_problem(context.variables or {}) or problem
+        problem = variable_problem(context.variables or {}) or problem
         if problem is not None:
             error = BadUserInput(problem)
             context.result = GraphQLExecutionResult(

@@ -39,7 +39,7 @@ from strawberry.extensions import SchemaExtension
 
 from gateway.data.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from gateway.errors import GatewayError
-from resolvers.documents import prepared_for
+from resolvers.documents import PreparedDocument, prepared_for
 
 FREE_TYPES = ("PageInfo",)  # with every `...Edge` type: parts of a connection, not objects of their own
 LIST_ESTIMATE = 5  # items assumed in a list field with no list argument to count (a step's elements)
@@ -208,49 +208,62 @@ class QueryLimits(SchemaExtension):
 
     def _problem(self) -> GatewayError | None:
         context = self.execution_context
-        document = context.graphql_document
-        assert document is not None
-        limits = self._limits()
-        schema: GraphQLSchema = context.schema._schema
         prepared = prepared_for(context)
         if prepared is None:  # pragma: no cover - a document always comes from a text here
             return None
-        if not limits.introspection and prepared.introspects(schema):
-            return IntrospectionDisabled("introspection is turned off on this gateway")
-        operations = prepared.operations
-        name = context.operation_name
-        operation = next(
-            (item for item in operations if name is None or (item.name and item.name.value == name)), None
+        problem, self.cost = check_operation(
+            context.schema._schema, prepared, context.operation_name, context.variables, self._limits()
         )
-        if operation is None:
-            return None  # graphql-core reports the unknown operation
-        fragments = {
-            item.name.value: item for item in document.definitions if isinstance(item, FragmentDefinitionNode)
-        }
-        aliases = _alias_count(
-            [operation.selection_set, *(item.selection_set for item in fragments.values())]
-        )
-        if aliases > limits.max_aliases:
-            return QueryLimitExceeded("MAX_ALIASES_EXCEEDED", "alias count", aliases, limits.max_aliases)
-        root = schema.get_root_type(operation.operation)
-        if root is None:
-            return None
-        # A variable not sent takes its default: a page size hidden there costs what it fetches.
-        defaults = {
-            definition.variable.name.value: value_from_ast_untyped(definition.default_value)
-            for definition in operation.variable_definitions or ()
-            if definition.default_value is not None
-        }
-        variables = {**defaults, **(context.variables or {})}
-        measures = OperationMeasurer(schema, fragments, variables).measure(operation.selection_set, root)
-        if measures.depth > limits.max_depth:
-            return QueryLimitExceeded("MAX_DEPTH_EXCEEDED", "depth", measures.depth, limits.max_depth)
-        if measures.cost > limits.max_cost:
-            return QueryLimitExceeded("MAX_COST_EXCEEDED", "cost", measures.cost, limits.max_cost)
-        self.cost = measures.cost
-        return None
+        return problem
 
     def get_results(self) -> dict[str, Any]:
         if self.cost is None:
             return {}
         return {"cost": {"requested": self.cost, "maximum": self._limits().max_cost}}
+
+
+def check_operation(
+    schema: GraphQLSchema,
+    prepared: PreparedDocument,
+    operation_name: str | None,
+    variables: dict[str, Any] | None,
+    limits: Limits,
+) -> tuple[GatewayError | None, int | None]:
+    """The limit an operation is over (or None), and its cost when it was measured."""
+    document = prepared.document
+    assert document is not None
+    if not limits.introspection and prepared.introspects(schema):
+        return IntrospectionDisabled("introspection is turned off on this gateway"), None
+    operation = next(
+        (
+            item
+            for item in prepared.operations
+            if operation_name is None or (item.name and item.name.value == operation_name)
+        ),
+        None,
+    )
+    if operation is None:
+        return None, None  # graphql-core reports the unknown operation
+    fragments = {
+        item.name.value: item for item in document.definitions if isinstance(item, FragmentDefinitionNode)
+    }
+    aliases = _alias_count([operation.selection_set, *(item.selection_set for item in fragments.values())])
+    if aliases > limits.max_aliases:
+        return QueryLimitExceeded("MAX_ALIASES_EXCEEDED", "alias count", aliases, limits.max_aliases), None
+    root = schema.get_root_type(operation.operation)
+    if root is None:
+        return None, None
+    # A variable not sent takes its default: a page size hidden there costs what it fetches.
+    defaults = {
+        definition.variable.name.value: value_from_ast_untyped(definition.default_value)
+        for definition in operation.variable_definitions or ()
+        if definition.default_value is not None
+    }
+    measures = OperationMeasurer(schema, fragments, {**defaults, **(variables or {})}).measure(
+        operation.selection_set, root
+    )
+    if measures.depth > limits.max_depth:
+        return QueryLimitExceeded("MAX_DEPTH_EXCEEDED", "depth", measures.depth, limits.max_depth), None
+    if measures.cost > limits.max_cost:
+        return QueryLimitExceeded("MAX_COST_EXCEEDED", "cost", measures.cost, limits.max_cost), None
+    return None, measures.cost

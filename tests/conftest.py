@@ -34,6 +34,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Element bytes of every gateway the tests start go to a scratch directory, not the working one.
 os.environ.setdefault("GATEWAY_STORAGE_URL", f"file://{tempfile.mkdtemp(prefix='gateway-files-')}")
+# Every query the suite sends that the compiled read path answers is also run on the resolvers;
+# a difference answers COMPILED_READ_MISMATCH, so the assertions on the answer fail.
+os.environ.setdefault("GATEWAY_COMPILED_READS_VERIFY", "true")
 # The session's long-lived gateways share the database with the apps single tests start, each
 # with its own store; their reapers act only when their own deletes wake them, never on a timer
 # that could take another store's pending deletions.

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from gateway.data import threads as data_threads
 from gateway.database import Database
+from resolvers.compiled import CompiledReads
 from tests.conftest import TABLES_CHILDREN_FIRST, Api, new_uuid
 
 BAD_ID = "not-a-uuid"
@@ -919,10 +920,16 @@ def _boom(*_: Any, **__: Any) -> Any:
     raise RuntimeError("secret detail")
 
 
+async def _on_the_resolvers(*_args: Any, **_kwargs: Any) -> None:
+    """The compiled read path declining: the query runs on the resolvers, where the fault is."""
+    return None
+
+
 async def test_unexpected_error_is_masked_and_logged_with_the_request_id(
     api: Api, world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr("resolvers.threads.queries.threads.list_threads", _boom)
+    monkeypatch.setattr(CompiledReads, "execute", _on_the_resolvers)
     caplog.set_level(logging.ERROR, logger="gateway.errors")
     response = await api.post("{ threads { edges { node { id } } } }")
     body = response.json()
@@ -949,6 +956,7 @@ async def test_masked_error_quotes_the_client_request_id(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr("resolvers.threads.queries.threads.list_threads", _boom)
+    monkeypatch.setattr(CompiledReads, "execute", _on_the_resolvers)
     caplog.set_level(logging.ERROR, logger="gateway.errors")
     response = await api.post("{ threads { totalCount } }", None, **{"X-Request-ID": "client-req.42"})
     [error] = response.json()["errors"]
@@ -965,6 +973,7 @@ async def test_unsafe_client_request_id_is_replaced(
     api: Api, monkeypatch: pytest.MonkeyPatch, given: str
 ) -> None:
     monkeypatch.setattr("resolvers.threads.queries.threads.list_threads", _boom)
+    monkeypatch.setattr(CompiledReads, "execute", _on_the_resolvers)
     response = await api.post("{ threads { totalCount } }", None, **{"X-Request-ID": given})
     [error] = response.json()["errors"]
     request_id = response.headers["X-Request-ID"]

@@ -71,6 +71,12 @@ class PageRequest:
         return self.last if self.last is not None else (self.first or 0)
 
 
+def encode_cursor(ordering_name: str, *values: Any) -> str:
+    """A cursor: the ordering's name and the row's sort values, as unpadded base64url JSON."""
+    raw = json.dumps([ordering_name, list(values)], separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
 @dataclass(frozen=True)
 class Ordering:
     """How a list is sorted: its key columns (the id last) and direction, named for its cursors."""
@@ -83,8 +89,7 @@ class Ordering:
         return [getattr(row, column.key) for column in self.columns]
 
     def encode(self, row: Any) -> str:
-        raw = json.dumps([self.name, self.values_of(row)], separators=(",", ":"), ensure_ascii=False)
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return encode_cursor(self.name, *self.values_of(row))
 
     def decode(self, cursor: str, argument: str) -> list[Any]:
         try:

@@ -73,7 +73,7 @@ class StepChanges:
 NEW_STEP_DEFAULTS = {"name": "", "type": "undefined", "streaming": False}
 
 
-def _filter_conditions(step_filter: StepFilter) -> list[sa.ColumnElement[bool]]:
+def step_filter_conditions(step_filter: StepFilter) -> list[sa.ColumnElement[bool]]:
     conditions: list[sa.ColumnElement[bool]] = []
     if step_filter.types:
         conditions.append(steps_table.c.type.in_(step_filter.types))
@@ -98,7 +98,7 @@ async def list_steps_of_threads(
         parent_ids=thread_ids,
         ordering=STEP_ORDER,
         request=request,
-        where=_filter_conditions(step_filter),
+        where=step_filter_conditions(step_filter),
     )
 
 
@@ -109,7 +109,7 @@ async def count_steps_of_threads(
         session,
         parent_column=steps_table.c.threadId,
         parent_ids=thread_ids,
-        where=_filter_conditions(step_filter),
+        where=step_filter_conditions(step_filter),
     )
 
 

@@ -1,0 +1,460 @@
+"""The compiled read path: a query operation over threads, steps, feedback and users is turned into
+one SQL statement that builds the response's JSON (`gateway.data.json_reads`), instead of being
+resolved field by field.
+
+The operation's selection is translated once per document and operation (kept with the prepared
+document); each request binds its arguments (page sizes, cursors, filters, ids) through the same
+conversions the resolvers use, and sends one statement. Anything this path does not answer exactly
+as the resolvers would returns None, and the request runs on the resolver path, which then answers
+it (errors included): fields it does not cover (an element's URL is signed at read time,
+introspection, `@skip`/`@include`), an argument the resolvers would refuse, variables that do not
+coerce, a limit exceeded, a database error. The contract never depends on the compiler.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import strawberry
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLField,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    get_named_type,
+    specified_rules,
+)
+from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
+from strawberry.types.arguments import convert_arguments
+
+from gateway.data import json_reads
+from gateway.data.access import Access
+from gateway.data.threads import ThreadFilter
+from gateway.database import Database
+from gateway.errors import GatewayError
+from resolvers.connection import page_request
+from resolvers.documents import PreparedDocument, prepare
+from resolvers.extensions import variable_problem
+from resolvers.ids import parse_id
+from resolvers.limits import Limits, check_operation
+from resolvers.threads.queries import OrderDirection, ThreadOrder
+
+logger = logging.getLogger("gateway.compiled")
+VALIDATION_RULES = tuple(specified_rules)
+
+
+class NotCompiled(Exception):
+    """The operation, or this request of it, is left to the resolver path."""
+
+
+# GraphQL field -> how the database outputs it, per object type.
+VALUES: dict[str, dict[str, json_reads.Kind]] = {
+    "Thread": {
+        "id": "plain",
+        "name": "plain",
+        "createdAt": "timestamp",
+        "updatedAt": "timestamp",
+        "tags": "tags",
+        "metadata": "object",
+    },
+    "Step": {
+        "id": "plain",
+        "threadId": "plain",
+        "parentId": "plain",
+        "name": "plain",
+        "type": "plain",
+        "input": "plain",
+        "output": "plain",
+        "isError": "bool",
+        "streaming": "bool",
+        "waitForAnswer": "bool",
+        "showInput": "plain",
+        "language": "plain",
+        "command": "plain",
+        "modes": "json",
+        "defaultOpen": "bool",
+        "autoCollapse": "bool",
+        "tags": "tags",
+        "metadata": "object",
+        "generation": "object_or_null",
+        "createdAt": "timestamp",
+        "start": "timestamp",
+        "end": "timestamp",
+    },
+    "Feedback": {"id": "plain", "forId": "plain", "threadId": "plain", "value": "plain", "comment": "plain"},
+    "User": {"id": "plain", "identifier": "plain", "metadata": "object", "createdAt": "timestamp"},
+}
+OWNER_ONLY = {("Thread", "userId"): "userId", ("Thread", "userIdentifier"): "userIdentifier"}
+RELATED = {
+    ("Thread", "user"): "user",
+    ("Step", "thread"): "thread",
+    ("Step", "parent"): "parent",
+    ("Step", "feedback"): "feedback",
+    ("Feedback", "step"): "step",
+}
+LISTINGS = {
+    ("Thread", "steps"): "steps",
+    ("Thread", "feedbacks"): "feedbacks",
+    ("Step", "children"): "children",
+}
+PAGE_INFO_FIELDS = ("hasNextPage", "hasPreviousPage", "startCursor", "endCursor")
+
+# A template binds a request's coerced variables into the data-level selection.
+Bind = Callable[["Arguments"], Any]
+
+
+@dataclass
+class Arguments:
+    """Argument values of one request: coerced by graphql-core, converted as strawberry does."""
+
+    schema: strawberry.Schema
+    variables: VariableValues
+
+    def of(self, field: GraphQLField, node: FieldNode) -> dict[str, Any]:
+        values = get_argument_values(field, node, self.variables)
+        definition = field.extensions["strawberry-definition"]
+        return convert_arguments(
+            values,
+            definition.arguments,
+            scalar_registry=self.schema.schema_converter.scalar_registry,
+            config=self.schema.config,
+        )
+
+
+class _Translator:
+    """GraphQL selections to templates; raises NotCompiled for anything it does not cover."""
+
+    def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode]) -> None:
+        self.schema = schema
+        self.fragments = fragments
+
+    def fields(
+        self, selection_set: SelectionSetNode, parent: GraphQLObjectType
+    ) -> dict[str, list[FieldNode]]:
+        """Fields by response key, merged as GraphQL merges them, fragments expanded."""
+        collected: dict[str, list[FieldNode]] = {}
+        self._collect(selection_set, parent, collected, set())
+        return collected
+
+    def _collect(
+        self,
+        selection_set: SelectionSetNode,
+        parent: GraphQLObjectType,
+        collected: dict[str, list[FieldNode]],
+        spread: set[str],
+    ) -> None:
+        for selection in selection_set.selections:
+            if selection.directives:
+                raise NotCompiled("directives")
+            if isinstance(selection, FieldNode):
+                key = selection.alias.value if selection.alias else selection.name.value
+                collected.setdefault(key, []).append(selection)
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                if condition is None or condition.name.value == parent.name:
+                    self._collect(selection.selection_set, parent, collected, spread)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is None or name in spread:
+                    raise NotCompiled("fragment")
+                if fragment.type_condition.name.value == parent.name:
+                    self._collect(fragment.selection_set, parent, collected, spread | {name})
+
+    def _sub(self, nodes: list[FieldNode], parent: GraphQLObjectType) -> dict[str, list[FieldNode]]:
+        merged: dict[str, list[FieldNode]] = {}
+        for node in nodes:
+            if node.selection_set is not None:
+                for key, fields in self.fields(node.selection_set, parent).items():
+                    merged.setdefault(key, []).extend(fields)
+        return merged
+
+    def _child_type(self, parent: GraphQLObjectType, name: str) -> GraphQLObjectType:
+        child = get_named_type(parent.fields[name].type)
+        if not isinstance(child, GraphQLObjectType):
+            raise NotCompiled(name)
+        return child
+
+    def node(
+        self, parent: GraphQLObjectType, nodes: list[FieldNode]
+    ) -> Callable[[Arguments], json_reads.Node]:
+        members: list[Callable[[Arguments], json_reads.Member]] = []
+        for key, fields in self._sub(nodes, parent).items():
+            name = fields[0].name.value
+            if name == "__typename":
+                members.append(_constant(json_reads.Constant(key, parent.name)))
+            elif name in VALUES.get(parent.name, {}):
+                members.append(_constant(json_reads.Value(key, name, VALUES[parent.name][name])))
+            elif (parent.name, name) in OWNER_ONLY:
+                members.append(_constant(json_reads.OwnerOnly(key, OWNER_ONLY[(parent.name, name)])))
+            elif (parent.name, name) in RELATED:
+                members.append(self._related(key, parent, fields))
+            elif (parent.name, name) in LISTINGS:
+                members.append(self._listing(key, parent, fields))
+            else:
+                raise NotCompiled(f"{parent.name}.{name}")
+        return lambda arguments: tuple(member(arguments) for member in members)
+
+    def _related(
+        self, key: str, parent: GraphQLObjectType, fields: list[FieldNode]
+    ) -> Callable[[Arguments], json_reads.Member]:
+        name = fields[0].name.value
+        node = self.node(self._child_type(parent, name), fields)
+        relation = RELATED[(parent.name, name)]
+        return lambda arguments: json_reads.Related(key, relation, node(arguments))
+
+    def connection(
+        self, connection_type: GraphQLObjectType, fields: list[FieldNode]
+    ) -> Callable[[Arguments], tuple[json_reads.ConnectionMember, ...]]:
+        members: list[Callable[[Arguments], json_reads.ConnectionMember]] = []
+        for key, selected in self._sub(fields, connection_type).items():
+            name = selected[0].name.value
+            if name == "__typename":
+                members.append(_constant(json_reads.Constant(key, connection_type.name)))
+            elif name == "totalCount":
+                members.append(_constant(json_reads.TotalCount(key)))
+            elif name == "pageInfo":
+                members.append(
+                    _constant(self._page_info(key, self._child_type(connection_type, name), selected))
+                )
+            elif name == "edges":
+                members.append(self._edges(key, self._child_type(connection_type, name), selected))
+            else:
+                raise NotCompiled(f"{connection_type.name}.{name}")
+        return lambda arguments: tuple(member(arguments) for member in members)
+
+    def _page_info(
+        self, key: str, page_info: GraphQLObjectType, fields: list[FieldNode]
+    ) -> json_reads.PageInfo:
+        members: list[json_reads.PageInfoValue | json_reads.Constant] = []
+        for item_key, selected in self._sub(fields, page_info).items():
+            name = selected[0].name.value
+            if name == "__typename":
+                members.append(json_reads.Constant(item_key, page_info.name))
+            elif name in PAGE_INFO_FIELDS:
+                members.append(json_reads.PageInfoValue(item_key, name))  # type: ignore[arg-type]
+            else:  # pragma: no cover - PageInfo has no other fields
+                raise NotCompiled(name)
+        return json_reads.PageInfo(key, tuple(members))
+
+    def _edges(
+        self, key: str, edge_type: GraphQLObjectType, fields: list[FieldNode]
+    ) -> Callable[[Arguments], json_reads.Edges]:
+        members: list[
+            Callable[[Arguments], json_reads.Cursor | json_reads.EdgeNode | json_reads.Constant]
+        ] = []
+        for item_key, selected in self._sub(fields, edge_type).items():
+            name = selected[0].name.value
+            if name == "__typename":
+                members.append(_constant(json_reads.Constant(item_key, edge_type.name)))
+            elif name == "cursor":
+                members.append(_constant(json_reads.Cursor(item_key)))
+            elif name == "node":
+                members.append(
+                    self._edge_node(item_key, self.node(self._child_type(edge_type, name), selected))
+                )
+            else:  # pragma: no cover - edges have no other fields
+                raise NotCompiled(name)
+        return lambda arguments: json_reads.Edges(key, tuple(member(arguments) for member in members))
+
+    @staticmethod
+    def _edge_node(
+        key: str, node: Callable[[Arguments], json_reads.Node]
+    ) -> Callable[[Arguments], json_reads.EdgeNode]:
+        return lambda arguments: json_reads.EdgeNode(key, node(arguments))
+
+    def _listing(
+        self, key: str, parent: GraphQLObjectType, fields: list[FieldNode]
+    ) -> Callable[[Arguments], json_reads.Member]:
+        name = fields[0].name.value
+        field = parent.fields[name]
+        members = self.connection(self._child_type(parent, name), fields)
+        relation = LISTINGS[(parent.name, name)]
+        node = fields[0]
+
+        def bind(arguments: Arguments) -> json_reads.Member:
+            values = arguments.of(field, node)
+            request = page_request(
+                values.get("first"), values.get("after"), values.get("last"), values.get("before")
+            )
+            step_filter = values.get("filter_")
+            return json_reads.Listing(
+                key,
+                relation,
+                request,
+                members(arguments),
+                **({"step_filter": step_filter.to_filter()} if step_filter else {}),
+            )
+
+        return bind
+
+    def root(self, operation: OperationDefinitionNode) -> Callable[[Arguments], list[json_reads.RootMember]]:
+        if operation.operation is not OperationType.QUERY:
+            raise NotCompiled("not a query")
+        query_type = self.schema.query_type
+        assert query_type is not None
+        members: list[Callable[[Arguments], json_reads.RootMember]] = []
+        for key, fields in self.fields(operation.selection_set, query_type).items():
+            name = fields[0].name.value
+            field = query_type.fields.get(name)
+            node = fields[0]
+            if name == "__typename":
+                members.append(_constant(json_reads.Constant(key, query_type.name)))
+            elif name == "threads":
+                members.append(self._thread_list(key, query_type, fields))
+            elif name in ("thread", "step") and field is not None:
+                members.append(
+                    self._by_id(key, name, field, node, self.node(self._child_type(query_type, name), fields))
+                )
+            else:
+                raise NotCompiled(f"Query.{name}")
+        return lambda arguments: [member(arguments) for member in members]
+
+    def _thread_list(
+        self, key: str, query_type: GraphQLObjectType, fields: list[FieldNode]
+    ) -> Callable[[Arguments], json_reads.RootMember]:
+        field = query_type.fields["threads"]
+        members = self.connection(self._child_type(query_type, "threads"), fields)
+        node = fields[0]
+
+        def bind(arguments: Arguments) -> json_reads.RootMember:
+            values = arguments.of(field, node)
+            request = page_request(
+                values.get("first"), values.get("after"), values.get("last"), values.get("before")
+            )
+            thread_filter = values["filter_"].to_filter() if values.get("filter_") else ThreadFilter()
+            order = values.get("order_by") or ThreadOrder()
+            return json_reads.ThreadList(
+                key,
+                request,
+                members(arguments),
+                thread_filter,
+                order.field.value,
+                order.direction is OrderDirection.DESC,
+            )
+
+        return bind
+
+    def _by_id(
+        self,
+        key: str,
+        name: str,
+        field: GraphQLField,
+        node: FieldNode,
+        selection: Callable[[Arguments], json_reads.Node],
+    ) -> Callable[[Arguments], json_reads.RootMember]:
+        table = "threads" if name == "thread" else "steps"
+
+        def bind(arguments: Arguments) -> json_reads.RootMember:
+            values = arguments.of(field, node)
+            return json_reads.ById(key, table, parse_id(values["id"], "id"), selection(arguments))  # type: ignore[arg-type]
+
+        return bind
+
+
+def _constant(value: Any) -> Callable[[Arguments], Any]:
+    return lambda _arguments: value
+
+
+@dataclass(frozen=True)
+class Template:
+    operation: OperationDefinitionNode
+    bind: Callable[[Arguments], list[json_reads.RootMember]]
+
+
+def _template(
+    schema: strawberry.Schema, prepared: PreparedDocument, operation_name: str | None
+) -> Template | None:
+    """The operation's template, translated once per prepared document; None: not compiled."""
+    cache: dict[str | None, Template | None] = prepared.__dict__.setdefault("compiled", {})
+    if operation_name in cache:
+        return cache[operation_name]
+    template: Template | None = None
+    document = prepared.document
+    operations = prepared.operations
+    if document is not None and (operation_name is not None or len(operations) == 1):
+        operation = next(
+            (
+                item
+                for item in operations
+                if operation_name is None or (item.name and item.name.value == operation_name)
+            ),
+            None,
+        )
+        graphql_schema = schema._schema
+        if (
+            operation is not None
+            and not prepared.has_nul_literal
+            and not prepared.validation_errors(graphql_schema, VALIDATION_RULES)
+        ):
+            fragments = {
+                item.name.value: item
+                for item in document.definitions
+                if isinstance(item, FragmentDefinitionNode)
+            }
+            try:
+                template = Template(operation, _Translator(graphql_schema, fragments).root(operation))
+            except NotCompiled as reason:
+                logger.debug("not compiled (%s)", reason)
+    cache[operation_name] = template
+    return template
+
+
+@dataclass
+class CompiledReads:
+    """Answers the query operations it covers with the database's JSON."""
+
+    schema: strawberry.Schema
+    db: Database
+    limits: Limits
+    hits: int = 0  # requests answered here (tests check the path really ran)
+
+    async def execute(
+        self, *, query: Any, variables: Any, operation_name: Any, access: Access
+    ) -> bytes | None:
+        """The response body, or None for the resolver path to answer."""
+        if not isinstance(query, str) or not isinstance(operation_name, str | None):
+            return None
+        if not isinstance(variables, dict | None):
+            return None
+        prepared = prepare(query)
+        if prepared.tokens is None or prepared.tokens > self.limits.max_tokens:
+            return None
+        template = _template(self.schema, prepared, operation_name)
+        if template is None or variable_problem(variables or {}) is not None:
+            return None
+        graphql_schema = self.schema._schema
+        problem, cost = check_operation(graphql_schema, prepared, operation_name, variables, self.limits)
+        if problem is not None:
+            return None
+        coerced = get_variable_values(
+            graphql_schema, template.operation.variable_definitions or (), variables or {}
+        )
+        if not isinstance(coerced, VariableValues):
+            return None
+        try:
+            members = template.bind(Arguments(self.schema, coerced))
+        except GatewayError as refusal:
+            # e.g. a bad cursor: the resolvers tell which field, with its path
+            logger.debug("arguments refused (%s); answered by the resolvers", refusal.message)
+            return None
+        try:
+            async with self.db.read_engine.connect() as connection:
+                data = await json_reads.read_json(connection, members=members, access=access)
+        except GatewayError as refusal:  # a cursor of another list: the resolvers say where
+            logger.debug("arguments refused (%s); answered by the resolvers", refusal.message)
+            return None
+        except Exception as failure:  # the resolver path answers, or reports it as it always does
+            logger.debug("compiled read failed (%s); answered by the resolvers", failure, exc_info=True)
+            return None
+        self.hits += 1
+        extensions = orjson.dumps({"cost": {"requested": cost, "maximum": self.limits.max_cost}})
+        return b'{"data":' + data.encode() + b',"extensions":' + extensions + b"}"
