@@ -13,7 +13,7 @@ coerce, a limit exceeded, a database error. The contract never depends on the co
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -416,6 +416,7 @@ class CompiledReads:
     db: Database
     limits: Limits
     hits: int = 0  # requests answered here (tests check the path really ran)
+    statements: json_reads.StatementCache = field(default_factory=json_reads.StatementCache)
 
     async def execute(
         self, *, query: Any, variables: Any, operation_name: Any, access: Access
@@ -448,7 +449,11 @@ class CompiledReads:
             return None
         try:
             async with self.db.read_engine.connect() as connection:
-                data = await json_reads.read_json(connection, members=members, access=access)
+                # One statement sees one snapshot: no transaction to begin and roll back.
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                data = await json_reads.read_json(
+                    autocommit, members=members, access=access, statements=self.statements
+                )
         except GatewayError as refusal:  # a cursor of another list: the resolvers say where
             logger.debug("arguments refused (%s); answered by the resolvers", refusal.message)
             return None

@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.errors import Forbidden, NotFound
 from gateway.jsonops import sql_json_contains
-from gateway.tables import elements_table, feedbacks_table, steps_table, threads_table, users_table
+from gateway.tables import UUIDText, elements_table, feedbacks_table, steps_table, threads_table, users_table
 
 SHARED = {"is_shared": True}
+ACCESS_USER_PARAMETER = "access_user_id"
 
 
 @dataclass(frozen=True)
@@ -33,21 +34,25 @@ class Access:
     def owns(self, owner_id: str | None) -> bool:
         return self.everything or owner_id == self.user_id
 
+    @property
+    def user(self) -> sa.BindParameter[str]:
+        """The user's id as a named parameter: a statement the compiled read path keeps for the
+        next request of the same shape takes that request's caller (gateway.data.json_reads)."""
+        return sa.bindparam(ACCESS_USER_PARAMETER, self.user_id, type_=UUIDText())
+
     # Conditions on each table; an empty list means no restriction.
 
     def users(self) -> list[sa.ColumnElement[bool]]:
-        return [] if self.everything else [users_table.c.id == self.user_id]
+        return [] if self.everything else [users_table.c.id == self.user]
 
     def owned_threads(self) -> list[sa.ColumnElement[bool]]:
-        return [] if self.everything else [threads_table.c.userId == self.user_id]
+        return [] if self.everything else [threads_table.c.userId == self.user]
 
     def readable_threads(self) -> list[sa.ColumnElement[bool]]:
         if self.everything:
             return []
         return [
-            sa.or_(
-                threads_table.c.userId == self.user_id, sql_json_contains(threads_table.c.metadata, SHARED)
-            )
+            sa.or_(threads_table.c.userId == self.user, sql_json_contains(threads_table.c.metadata, SHARED))
         ]
 
     def _in_readable_thread(self, thread_id: sa.ColumnElement[Any]) -> list[sa.ColumnElement[bool]]:

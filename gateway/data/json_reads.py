@@ -14,8 +14,9 @@ is a subquery correlated to its parent's row. Base tables appear only in the inn
 no nested level can be correlated to the wrong table.
 """
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -23,12 +24,12 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from gateway.data.access import Access
+from gateway.data.access import ACCESS_USER_PARAMETER, Access
 from gateway.data.feedback import FEEDBACK_ORDER
 from gateway.data.pagination import Ordering, PageRequest, cursor_conditions
 from gateway.data.steps import STEP_ORDER, StepFilter, step_filter_conditions
 from gateway.data.threads import THREAD_ORDERINGS, ThreadFilter, filter_conditions
-from gateway.tables import feedbacks_table, steps_table, threads_table, users_table
+from gateway.tables import UUIDText, feedbacks_table, steps_table, threads_table, users_table
 
 # How a column is output, mirroring the GraphQL types' serialization.
 Kind = Literal[
@@ -326,8 +327,8 @@ class _Builder:
             needed += [column.key for column in ordering.columns]
         return [name for name in dict.fromkeys(needed) if name in table.c]
 
-    def node(self, node: Node, row: Any) -> ColumnElement[Any]:
-        """One JSON object of a row (a subquery's row `row`)."""
+    def node(self, node: Node, row: Any, path: str) -> ColumnElement[Any]:
+        """One JSON object of a row (a subquery's row `row`); `path` names its parameters."""
         pairs: list[tuple[str, ColumnElement[Any]]] = []
         for member in node:
             if isinstance(member, Value):
@@ -339,15 +340,15 @@ class _Builder:
                 if self.access.everything:
                     pairs.append((member.key, row.c[member.column]))
                 else:
-                    owned = owner == sa.literal(self.access.user_id, owner.type)
+                    owned = owner == self.access.user
                     pairs.append((member.key, sa.case((owned, row.c[member.column]), else_=sa.null())))
             elif isinstance(member, Related):
-                pairs.append((member.key, self._related(member, row)))
+                pairs.append((member.key, self._related(member, row, f"{path}.{member.key}")))
             else:
-                pairs.append((member.key, self._listing(member, row)))
+                pairs.append((member.key, self._listing(member, row, f"{path}.{member.key}")))
         return self._object(pairs)
 
-    def _related(self, member: Related, parent: Any) -> ColumnElement[Any]:
+    def _related(self, member: Related, parent: Any, path: str) -> ColumnElement[Any]:
         relation = TO_ONE[member.relation]
         table = relation.table
         own_column, parent_column = relation.join
@@ -357,9 +358,9 @@ class _Builder:
         if relation.single:
             inner = inner.limit(1)
         one = inner.correlate(parent).subquery(self._name())
-        return self._embedded(sa.select(self.node(member.node, one)).select_from(one).scalar_subquery())
+        return self._embedded(sa.select(self.node(member.node, one, path)).select_from(one).scalar_subquery())
 
-    def _listing(self, member: Listing, parent: Any) -> ColumnElement[Any]:
+    def _listing(self, member: Listing, parent: Any, path: str) -> ColumnElement[Any]:
         relation = TO_MANY[member.relation]
         table = relation.table
         where = [table.c[relation.parent_column] == parent.c.id]
@@ -369,7 +370,13 @@ class _Builder:
             where += self.access.readable_steps()
         return self._embedded(
             self.connection(
-                table, relation.ordering, member.request, member.members, where=where, correlate=parent
+                table,
+                relation.ordering,
+                member.request,
+                member.members,
+                where=where,
+                correlate=parent,
+                path=path,
             )
         )
 
@@ -381,6 +388,7 @@ class _Builder:
         members: tuple[ConnectionMember, ...],
         *,
         where: list[ColumnElement[bool]],
+        path: str,
         correlate: Any = None,
     ) -> ColumnElement[Any]:
         """A Relay connection as one JSON object: the page (size + 1 rows, to tell whether more
@@ -401,9 +409,9 @@ class _Builder:
                 *[table.c[name] for name in dict.fromkeys(columns)],
                 sa.func.row_number().over(order_by=reading).label("position"),
             )
-            .where(*where, *cursor_conditions(ordering, request))
+            .where(*where, *cursor_conditions(ordering, request, path))
             .order_by(*reading)
-            .limit(request.size + 1)
+            .limit(sa.bindparam(f"{path}.limit", request.size + 1, type_=sa.Integer()))
         )
         if correlate is not None:
             inner = inner.correlate(correlate)
@@ -414,8 +422,9 @@ class _Builder:
             # json_group_array takes the rows in the order its FROM gives them.
             page = sa.select(page).order_by(listed).subquery(self._name())
             listed = page.c.position.desc()
-        on_page = page.c.position <= request.size
-        more = sa.func.count() > request.size
+        size = sa.bindparam(f"{path}.size", request.size, type_=sa.Integer())
+        on_page = page.c.position <= size
+        more = sa.func.count() > size
         pairs: list[tuple[str, ColumnElement[Any]]] = []
         for member in members:
             if isinstance(member, Constant):
@@ -429,7 +438,7 @@ class _Builder:
                         if isinstance(item, Cursor)
                         else (item.key, sa.literal_column(f"'{item.value}'"))
                         if isinstance(item, Constant)
-                        else (item.key, self.node(item.node, page))
+                        else (item.key, self.node(item.node, page, f"{path}.{member.key}.{item.key}"))
                         for item in member.members
                     ]
                 )
@@ -480,36 +489,30 @@ class _Builder:
     def root(self, members: Sequence[RootMember]) -> sa.Select[Any]:
         pairs: list[tuple[str, ColumnElement[Any]]] = []
         for member in members:
+            path = f"r.{member.key}"
             if isinstance(member, Constant):
                 pairs.append((member.key, sa.literal_column(f"'{member.value}'")))
             elif isinstance(member, ThreadList):
                 ordering = THREAD_ORDERINGS[(member.order_field, member.descending)]
-                where = [*self.access.owned_threads(), *filter_conditions(member.thread_filter)]
-                pairs.append(
-                    (
-                        member.key,
-                        self._embedded(
-                            self.connection(
-                                threads_table, ordering, member.request, member.members, where=where
-                            )
-                        ),
-                    )
+                where = [
+                    *self.access.owned_threads(),
+                    *filter_conditions(member.thread_filter, f"{path}.filter"),
+                ]
+                listing = self.connection(
+                    threads_table, ordering, member.request, member.members, where=where, path=path
                 )
+                pairs.append((member.key, self._embedded(listing)))
             else:
                 table = threads_table if member.table == "threads" else steps_table
+                row_id = sa.bindparam(f"{path}.id", member.id, type_=UUIDText())
                 inner = sa.select(
                     *[table.c[name] for name in self._columns_for(table, member.node, None)]
-                ).where(table.c.id == member.id, *_readable(table, self.access))
+                ).where(table.c.id == row_id, *_readable(table, self.access))
                 one = inner.subquery(self._name())
-                pairs.append(
-                    (
-                        member.key,
-                        self._embedded(
-                            sa.select(self.node(member.node, one)).select_from(one).scalar_subquery()
-                        ),
-                    )
-                )
-        return sa.select(self._object(pairs))
+                found = sa.select(self.node(member.node, one, path)).select_from(one).scalar_subquery()
+                pairs.append((member.key, self._embedded(found)))
+        data = self._object(pairs)
+        return sa.select(sa.cast(data, sa.Text) if self.postgres else data)  # the text, not parsed
 
 
 def _reads_page(members: tuple[ConnectionMember, ...], request: PageRequest) -> bool:
@@ -527,15 +530,115 @@ def _reads_page(members: tuple[ConnectionMember, ...], request: PageRequest) -> 
     return False
 
 
+def _parameters(members: Sequence[RootMember], access: Access) -> dict[str, Any]:
+    """The values of a statement's named parameters, as the builder names them (by the path of
+    the selection they belong to): what changes between requests of the same shape."""
+    parameters: dict[str, Any] = {}
+    if not access.everything:
+        parameters[ACCESS_USER_PARAMETER] = access.user_id
+    for member in members:
+        path = f"r.{member.key}"
+        if isinstance(member, ThreadList):
+            ordering = THREAD_ORDERINGS[(member.order_field, member.descending)]
+            _page_parameters(parameters, path, ordering, member.request, member.members)
+            if member.thread_filter.user_id is not None:
+                parameters[f"{path}.filter.userId"] = member.thread_filter.user_id
+            if member.thread_filter.user_identifier is not None:
+                parameters[f"{path}.filter.userIdentifier"] = member.thread_filter.user_identifier
+        elif isinstance(member, ById):
+            parameters[f"{path}.id"] = member.id
+            _node_parameters(parameters, path, member.node)
+    return parameters
+
+
+def _node_parameters(parameters: dict[str, Any], path: str, node: Node) -> None:
+    for member in node:
+        if isinstance(member, Related):
+            _node_parameters(parameters, f"{path}.{member.key}", member.node)
+        elif isinstance(member, Listing):
+            ordering = TO_MANY[member.relation].ordering
+            _page_parameters(parameters, f"{path}.{member.key}", ordering, member.request, member.members)
+
+
+def _page_parameters(
+    parameters: dict[str, Any],
+    path: str,
+    ordering: Ordering,
+    request: PageRequest,
+    members: tuple[ConnectionMember, ...],
+) -> None:
+    parameters[f"{path}.limit"] = request.size + 1
+    parameters[f"{path}.size"] = request.size
+    for argument, cursor in (("after", request.after), ("before", request.before)):
+        if cursor is not None:
+            for index, value in enumerate(ordering.decode(cursor, argument)):
+                parameters[f"{path}.{argument}.{index}"] = value
+    for edges in members:
+        if isinstance(edges, Edges):
+            for item in edges.members:
+                if isinstance(item, EdgeNode):
+                    _node_parameters(parameters, f"{path}.{edges.key}.{item.key}", item.node)
+
+
+def _shape(value: Any) -> Any:
+    """A selection without the values `_parameters` binds: requests of the same shape share one
+    statement. Whatever else a selection holds (the rest of a filter) stays in the shape."""
+    if isinstance(value, PageRequest):
+        return ("page", value.backward, value.after is not None, value.before is not None)
+    if isinstance(value, ThreadFilter):
+        return replace(
+            value,
+            user_id=None if value.user_id is None else "",
+            user_identifier=None if value.user_identifier is None else "",
+        )
+    if isinstance(value, ById):
+        return (ById, value.key, value.table, _shape(value.node))
+    if isinstance(value, tuple | list):
+        return tuple(_shape(item) for item in value)
+    if isinstance(value, ThreadList | Listing | Edges | EdgeNode | Related):
+        return (type(value), *(_shape(getattr(value, item.name)) for item in fields(value)))
+    return value
+
+
+class StatementCache:
+    """Statements by dialect and selection shape (least recently used out first): a shape is
+    built and compiled once, then each request only binds its values."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._statements: OrderedDict[Any, sa.Select[Any]] = OrderedDict()
+
+    def statement(self, dialect: str, members: Sequence[RootMember], access: Access) -> sa.Select[Any]:
+        key = (dialect, access.everything, _shape(members))
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = json_statement(dialect, members=members, access=access)
+            self._statements[key] = statement
+            if len(self._statements) > self.size:
+                self._statements.popitem(last=False)
+        else:
+            self._statements.move_to_end(key)
+        return statement
+
+
 def json_statement(dialect: str, *, members: Sequence[RootMember], access: Access) -> sa.Select[Any]:
     """The statement that answers these root fields with one JSON object."""
     return _Builder(dialect, access).root(members)
 
 
-async def read_json(connection: AsyncConnection, *, members: Sequence[RootMember], access: Access) -> str:
+async def read_json(
+    connection: AsyncConnection,
+    *,
+    members: Sequence[RootMember],
+    access: Access,
+    statements: StatementCache | None = None,
+) -> str:
     """The JSON text of `data`: every root field, as one statement builds it."""
-    statement = json_statement(connection.dialect.name, members=members, access=access)
-    if connection.dialect.name == "postgresql":
-        statement = sa.select(sa.cast(statement.scalar_subquery(), sa.Text))
-    text = (await connection.execute(statement)).scalar_one()
+    dialect = connection.dialect.name
+    parameters = _parameters(members, access)  # first: a bad cursor is refused before any SQL
+    if statements is None:
+        statement = json_statement(dialect, members=members, access=access)
+    else:
+        statement = statements.statement(dialect, members, access)
+    text = (await connection.execute(statement, parameters)).scalar_one()
     return str(text)

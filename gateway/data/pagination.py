@@ -127,12 +127,20 @@ class Ordering:
         columns = [column if source is None else source[column.key] for column in self.columns]
         return [column.desc() if descending else column.asc() for column in columns]
 
-    def beyond(self, cursor: str, argument: str, *, forward: bool) -> ColumnElement[bool]:
-        """Rows after (`forward`) or before the cursor, in this ordering's direction."""
+    def beyond(
+        self, cursor: str, argument: str, *, forward: bool, parameter: str | None = None
+    ) -> ColumnElement[bool]:
+        """Rows after (`forward`) or before the cursor, in this ordering's direction; its values
+        as parameters named `{parameter}.0`, `{parameter}.1`... when a name is given."""
         values = self.decode(cursor, argument)
         keys = sa.tuple_(*self.columns)
         bound = sa.tuple_(
-            *[sa.literal(value, column.type) for value, column in zip(values, self.columns, strict=True)]
+            *[
+                sa.literal(value, column.type)
+                if parameter is None
+                else sa.bindparam(f"{parameter}.{index}", value, type_=column.type)
+                for index, (value, column) in enumerate(zip(values, self.columns, strict=True))
+            ]
         )
         greater = forward != self.descending
         return keys > bound if greater else keys < bound
@@ -146,12 +154,16 @@ class Page(Generic[Row]):
     has_previous_page: bool = False
 
 
-def cursor_conditions(ordering: Ordering, request: PageRequest) -> list[ColumnElement[bool]]:
+def cursor_conditions(
+    ordering: Ordering, request: PageRequest, parameter: str | None = None
+) -> list[ColumnElement[bool]]:
+    """The rows between the request's cursors; their values as parameters named
+    `{parameter}.after.N` and `{parameter}.before.N` when a name is given."""
     conditions = []
-    if request.after is not None:
-        conditions.append(ordering.beyond(request.after, "after", forward=True))
-    if request.before is not None:
-        conditions.append(ordering.beyond(request.before, "before", forward=False))
+    for argument, cursor, forward in (("after", request.after, True), ("before", request.before, False)):
+        if cursor is not None:
+            name = None if parameter is None else f"{parameter}.{argument}"
+            conditions.append(ordering.beyond(cursor, argument, forward=forward, parameter=name))
     return conditions
 
 

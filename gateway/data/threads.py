@@ -25,6 +25,7 @@ from gateway.errors import BadUserInput, Forbidden, NotFound
 from gateway.jsonops import sql_icontains, sql_json_contains, sql_tags_contain_all
 from gateway.tables import (
     Thread,
+    UUIDText,
     elements_table,
     feedbacks_table,
     pending_uploads_table,
@@ -69,13 +70,22 @@ class ThreadChanges:
     createdAt: str | Keep = KEEP
 
 
-def filter_conditions(thread_filter: ThreadFilter) -> list[sa.ColumnElement[bool]]:
+def filter_conditions(
+    thread_filter: ThreadFilter, parameter: str | None = None
+) -> list[sa.ColumnElement[bool]]:
+    """The filter's conditions; the user it names as parameters `{parameter}.userId` and
+    `{parameter}.userIdentifier` when a name is given (the rest of the filter is in the SQL)."""
     threads, steps, feedbacks = threads_table.c, steps_table.c, feedbacks_table.c
     conditions: list[sa.ColumnElement[bool]] = []
+
+    def named(name: str, value: str, type_: Any) -> Any:
+        return value if parameter is None else sa.bindparam(f"{parameter}.{name}", value, type_=type_)
+
     if thread_filter.user_id is not None:
-        conditions.append(threads.userId == thread_filter.user_id)
+        conditions.append(threads.userId == named("userId", thread_filter.user_id, UUIDText()))
     if thread_filter.user_identifier is not None:
-        owner = sa.select(users_table.c.id).where(users_table.c.identifier == thread_filter.user_identifier)
+        identifier = named("userIdentifier", thread_filter.user_identifier, sa.Text())
+        owner = sa.select(users_table.c.id).where(users_table.c.identifier == identifier)
         conditions.append(threads.userId.in_(owner.scalar_subquery()))
     if thread_filter.search:
         step_matches = sa.select(sa.literal(1)).where(
