@@ -33,7 +33,7 @@ from gateway.migrate import upgrade_database
 from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
 from gateway.timestamps import utc_now
-from resolvers.compiled import CompiledReads
+from resolvers.compiled import CompiledAnswer, CompiledReads
 from resolvers.context import GatewayContext
 from resolvers.limits import Limits
 from resolvers.schema import schema
@@ -148,27 +148,29 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             variables=payload.get("variables"),
             operation_name=payload.get("operationName"),
             access=request.scope["state"]["caller"].access,
+            base_url=str(request.base_url),
         )
         if answer is None:
             return None
         if self.verify_compiled_reads:
             return await self._verified(request, answer)
-        return Response(answer, media_type="application/json")
+        return Response(answer.body, media_type="application/json")
 
-    async def _verified(self, request: Request, answer: bytes) -> Response:
-        """The compiled answer if the resolvers give the same JSON, else an error naming both."""
-        expected = await self.run(request)
-        if orjson.loads(expected.body) == orjson.loads(answer):
-            return Response(answer, media_type="application/json")
+    async def _verified(self, request: Request, answer: CompiledAnswer) -> Response:
+        """The compiled answer if the resolvers give the same JSON, else an error naming both.
+        Element URLs are signed again by each path (their expiry may differ by a second)."""
+        expected = bytes((await self.run(request)).body)
+        if _same_json(orjson.loads(answer.body), orjson.loads(expected), set(answer.signed_urls)):
+            return Response(answer.body, media_type="application/json")
         logger.error(
-            "compiled read differs: %s\ncompiled: %s\nresolvers: %s", request.url, answer, expected.body
+            "compiled read differs: %s\ncompiled: %s\nresolvers: %s", request.url, answer.body, expected
         )
         return _error_response(
             "the compiled read path answered differently from the resolvers",
             "COMPILED_READ_MISMATCH",
             500,
-            compiled=answer.decode(),
-            resolvers=bytes(expected.body).decode(),
+            compiled=answer.body.decode(),
+            resolvers=expected.decode(),
         )
 
     def encode_json(self, data: object) -> bytes:
@@ -212,6 +214,21 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             request=request,
             response=response,
         )
+
+
+def _same_json(compiled: Any, resolved: Any, signed_urls: set[str]) -> bool:
+    """Equal JSON, but for element URLs the compiled path signed, which match any URL string."""
+    if isinstance(compiled, str) and compiled in signed_urls:
+        return isinstance(resolved, str)
+    if isinstance(compiled, dict) and isinstance(resolved, dict):
+        return compiled.keys() == resolved.keys() and all(
+            _same_json(value, resolved[key], signed_urls) for key, value in compiled.items()
+        )
+    if isinstance(compiled, list) and isinstance(resolved, list):
+        return len(compiled) == len(resolved) and all(
+            _same_json(item, other, signed_urls) for item, other in zip(compiled, resolved, strict=True)
+        )
+    return bool(compiled == resolved)
 
 
 def _too_large(cap: int) -> PayloadTooLarge:
@@ -344,7 +361,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_cost=settings.max_query_cost,
         introspection=settings.introspection,
     )
-    compiled_reads = CompiledReads(schema, db, limits)
+    compiled_reads = CompiledReads(schema, db, limits, attachments)
     graphql = GatewayGraphQL(
         db,
         auth,

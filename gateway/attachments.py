@@ -45,6 +45,17 @@ class Attachments:
     url_expiry_seconds: int
     public_url: str | None = None
 
+    async def read_url(self, object_key: str, *, name: str, mime: str | None, base_url: str) -> str:
+        """A URL reading the object, signed now, expiring after GATEWAY_URL_EXPIRY_SECONDS; links to
+        the gateway's own routes start at GATEWAY_PUBLIC_URL, else at `base_url` (the request's)."""
+        return await self.store.read_url(
+            object_key,
+            name=name,
+            mime=mime,
+            expires_in=self.url_expiry_seconds,
+            base_url=self.public_url or base_url,
+        )
+
     def new_key(self, thread_id: str, element_id: str) -> str:
         """A key of its own for each upload: a retried upload, discarded as a duplicate, never
         overwrites (or removes) the object of the element it repeats."""

@@ -11,7 +11,9 @@ introspection, `@skip`/`@include`), an argument the resolvers would refuse, vari
 coerce, a limit exceeded, a database error. The contract never depends on the compiler.
 """
 
+import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ from graphql import (
 from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from strawberry.types.arguments import convert_arguments
 
+from gateway.attachments import Attachments
 from gateway.data import json_reads
 from gateway.data.access import Access
 from gateway.data.threads import ThreadFilter
@@ -91,6 +94,23 @@ VALUES: dict[str, dict[str, json_reads.Kind]] = {
     },
     "Feedback": {"id": "plain", "forId": "plain", "threadId": "plain", "value": "plain", "comment": "plain"},
     "User": {"id": "plain", "identifier": "plain", "metadata": "object", "createdAt": "timestamp"},
+    "Element": {
+        "id": "plain",
+        "threadId": "plain",
+        "forId": "plain",
+        "type": "plain",
+        "name": "plain",
+        "mime": "plain",
+        "size": "plain",
+        "display": "plain",
+        "language": "plain",
+        "page": "plain",
+        "props": "object_or_null",
+        "objectKey": "plain",
+        "chainlitKey": "plain",
+        "sizeBytes": "plain",
+        "createdAt": "timestamp",
+    },
 }
 OWNER_ONLY = {("Thread", "userId"): "userId", ("Thread", "userIdentifier"): "userIdentifier"}
 RELATED = {
@@ -103,8 +123,10 @@ RELATED = {
 LISTINGS = {
     ("Thread", "steps"): "steps",
     ("Thread", "feedbacks"): "feedbacks",
+    ("Thread", "elements"): "elements",
     ("Step", "children"): "children",
 }
+BY_ID = {"thread": "threads", "step": "steps", "element": "elements"}
 PAGE_INFO_FIELDS = ("hasNextPage", "hasPreviousPage", "startCursor", "endCursor")
 
 # A template binds a request's coerced variables into the data-level selection.
@@ -199,6 +221,10 @@ class _Translator:
                 members.append(self._related(key, parent, fields))
             elif (parent.name, name) in LISTINGS:
                 members.append(self._listing(key, parent, fields))
+            elif (parent.name, name) == ("Element", "url"):
+                members.append(_constant(json_reads.SignedUrl(key)))
+            elif (parent.name, name) == ("Step", "elements"):
+                members.append(self._element_list(key, parent, fields))
             else:
                 raise NotCompiled(f"{parent.name}.{name}")
         return lambda arguments: tuple(member(arguments) for member in members)
@@ -265,6 +291,12 @@ class _Translator:
                 raise NotCompiled(name)
         return lambda arguments: json_reads.Edges(key, tuple(member(arguments) for member in members))
 
+    def _element_list(
+        self, key: str, parent: GraphQLObjectType, fields: list[FieldNode]
+    ) -> Callable[[Arguments], json_reads.Member]:
+        node = self.node(self._child_type(parent, "elements"), fields)
+        return lambda arguments: json_reads.ElementList(key, node(arguments))
+
     @staticmethod
     def _edge_node(
         key: str, node: Callable[[Arguments], json_reads.Node]
@@ -310,7 +342,7 @@ class _Translator:
                 members.append(_constant(json_reads.Constant(key, query_type.name)))
             elif name == "threads":
                 members.append(self._thread_list(key, query_type, fields))
-            elif name in ("thread", "step") and field is not None:
+            elif name in BY_ID and field is not None:
                 members.append(
                     self._by_id(key, name, field, node, self.node(self._child_type(query_type, name), fields))
                 )
@@ -351,7 +383,7 @@ class _Translator:
         node: FieldNode,
         selection: Callable[[Arguments], json_reads.Node],
     ) -> Callable[[Arguments], json_reads.RootMember]:
-        table = "threads" if name == "thread" else "steps"
+        table = BY_ID[name]
 
         def bind(arguments: Arguments) -> json_reads.RootMember:
             values = arguments.of(field, node)
@@ -408,6 +440,16 @@ def _template(
     return template
 
 
+# A marker as the database wrote it: a JSON string starting with SIGN_MARKER.
+MARKED_URL = re.compile('"' + re.escape(json_reads.SIGN_MARKER) + r'(?:[^"\\]|\\.)*"')
+
+
+@dataclass(frozen=True)
+class CompiledAnswer:
+    body: bytes
+    signed_urls: list[str]  # the element URLs signed for this answer (the verify mode's exception)
+
+
 @dataclass
 class CompiledReads:
     """Answers the query operations it covers with the database's JSON."""
@@ -415,13 +457,14 @@ class CompiledReads:
     schema: strawberry.Schema
     db: Database
     limits: Limits
+    attachments: Attachments | None = None
     hits: int = 0  # requests answered here (tests check the path really ran)
     statements: json_reads.StatementCache = field(default_factory=json_reads.StatementCache)
 
     async def execute(
-        self, *, query: Any, variables: Any, operation_name: Any, access: Access
-    ) -> bytes | None:
-        """The response body, or None for the resolver path to answer."""
+        self, *, query: Any, variables: Any, operation_name: Any, access: Access, base_url: str = ""
+    ) -> CompiledAnswer | None:
+        """The answer, or None for the resolver path to answer."""
         if not isinstance(query, str) or not isinstance(operation_name, str | None):
             return None
         if not isinstance(variables, dict | None):
@@ -460,6 +503,26 @@ class CompiledReads:
         except Exception as failure:  # the resolver path answers, or reports it as it always does
             logger.debug("compiled read failed (%s); answered by the resolvers", failure, exc_info=True)
             return None
+        signed: list[str] = []
+        if json_reads.SIGN_MARKER in data:
+            data, signed = await self._sign_urls(data, base_url)
         self.hits += 1
         extensions = orjson.dumps({"cost": {"requested": cost, "maximum": self.limits.max_cost}})
-        return b'{"data":' + data.encode() + b',"extensions":' + extensions + b"}"
+        return CompiledAnswer(b'{"data":' + data.encode() + b',"extensions":' + extensions + b"}", signed)
+
+    async def _sign_urls(self, data: str, base_url: str) -> tuple[str, list[str]]:
+        """Elements' URLs signed now, in place of the markers the database wrote for them."""
+        if self.attachments is None:  # pragma: no cover - the app always gives them
+            raise RuntimeError("no object store configured")
+        parts: list[str] = []
+        signed: list[str] = []
+        end = 0
+        for match in MARKED_URL.finditer(data):
+            described = json.loads(match.group(0))[len(json_reads.SIGN_MARKER) :]
+            object_key, name, mime = json.loads(described)
+            url = await self.attachments.read_url(object_key, name=name, mime=mime, base_url=base_url)
+            parts += [data[end : match.start()], json.dumps(url, ensure_ascii=False)]
+            signed.append(url)
+            end = match.end()
+        parts.append(data[end:])
+        return "".join(parts), signed

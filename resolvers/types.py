@@ -293,13 +293,8 @@ class Element:
     async def url(self, info: Info) -> str | None:
         if self.object_key is None:
             return self.external_url
-        files = info.context.files
-        return await files.store.read_url(
-            self.object_key,
-            name=self.name,
-            mime=self.mime,
-            expires_in=files.url_expiry_seconds,
-            base_url=info.context.base_url,
+        return await info.context.files.read_url(
+            self.object_key, name=self.name, mime=self.mime, base_url=info.context.base_url
         )
 
 

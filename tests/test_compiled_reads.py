@@ -45,6 +45,10 @@ STEP_FIELDS = [
 ]
 THREAD_FIELDS = ["id", "name", "createdAt", "updatedAt", "tags", "metadata", "userId", "userIdentifier"]
 FEEDBACK_FIELDS = ["id", "forId", "threadId", "value", "comment"]
+ELEMENT_FIELDS = [
+    *("id", "threadId", "forId", "type", "name", "mime", "size", "display", "language", "page"),
+    *("props", "objectKey", "chainlitKey", "sizeBytes", "createdAt", "url"),
+]
 USER_FIELDS = ["id", "identifier", "metadata", "createdAt"]
 
 
@@ -120,6 +124,8 @@ class QueryMaker:
             if self.rng.random() < 0.3:
                 parts.append(f"feedback {{ {' '.join(self._scalars(FEEDBACK_FIELDS, 'Feedback'))} }}")
             if self.rng.random() < 0.2:
+                parts.append(f"elements {{ {' '.join(self._scalars(ELEMENT_FIELDS, 'Element'))} }}")
+            if self.rng.random() < 0.2:
                 parts.append(
                     f"{self._key('children')}{self.connection(self.step(depth + 1), 'steps:createdAt')}"
                 )
@@ -148,12 +154,15 @@ class QueryMaker:
                 parts.append(f"feedbacks{self.connection(feedback, 'feedbacks:id')}")
             if self.rng.random() < 0.2:
                 parts.append(f"user {{ {' '.join(self._scalars(USER_FIELDS, 'User'))} }}")
+            if self.rng.random() < 0.2:
+                elements = " ".join(self._scalars(ELEMENT_FIELDS, "Element"))
+                parts.append(f"{self._key('elements')}{self.connection(elements, 'elements:createdAt')}")
         return " ".join(parts)
 
     def document(self) -> str:
         roots = []
         for index in range(self.rng.randint(1, 2)):
-            kind = self.rng.choice(["threads", "threads", "thread", "step"])
+            kind = self.rng.choice(["threads", "threads", "thread", "step", "element"])
             if kind == "threads":
                 extra = []
                 ordering = "threads:updatedAt:desc"
@@ -182,6 +191,10 @@ class QueryMaker:
             elif kind == "thread":
                 target = self.rng.choice([self.world.private, self.world.shared, self.world.bobs, new_uuid()])
                 roots.append(f'r{index}: thread(id: "{target}") {{ {self.thread(1)} }}')
+            elif kind == "element":
+                target = self.rng.choice([self.world.element, new_uuid()])
+                element = " ".join(self._scalars(ELEMENT_FIELDS, "Element"))
+                roots.append(f'r{index}: element(id: "{target}") {{ {element} }}')
             else:
                 target = self.rng.choice(
                     [self.world.step, self.world.child, self.world.stray, self.world.bob_step]
@@ -318,15 +331,52 @@ async def test_turned_off_every_query_runs_on_the_resolvers(database_url: str, d
 async def test_fields_it_does_not_cover_are_answered_by_the_resolvers(
     callers: dict[str, Api], world: World, secured_app: Starlette
 ) -> None:
-    """An element's URL is signed at read time: a query selecting elements is not compiled, and
-    still answers in full."""
+    """A root field it does not cover (the favorites list, the viewer) sends the whole operation
+    to the resolvers, which answer it in full."""
     before = _hits(secured_app)
     data = await callers["alice"].ok(
-        "query($id: ID!) { thread(id: $id) { name elements { edges { node { name url } } } } }",
+        "query($id: ID!) { viewer { identifier } thread(id: $id) { name } favoriteSteps { totalCount } }",
         id=world.private,
     )
-    assert data["thread"]["elements"]["edges"][0]["node"] == {"name": "plan.pdf", "url": None}
+    assert data == {
+        "viewer": {"identifier": ALICE},
+        "thread": {"name": "Alice's secret plans"},
+        "favoriteSteps": {"totalCount": 1},
+    }
     assert _hits(secured_app) == before
+
+
+async def test_stored_elements_get_urls_signed_at_read_time(
+    callers: dict[str, Api], world: World, secured_app: Starlette
+) -> None:
+    """Elements are read by the database too; the URL of a stored object is signed as it is
+    answered, and serves the bytes."""
+    operations = {
+        "query": "mutation($i: ElementInput!, $f: Upload) { createElement(input: $i, file: $f) { id } }",
+        "variables": {"i": {"threadId": world.private, "forId": world.step, "name": "notes.txt"}, "f": None},
+    }
+    backend = callers["backend"]
+    response = await backend.http.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": json.dumps({"file": ["variables.f"]})},
+        files={"file": ("notes.txt", b"compiled bytes", "text/plain")},
+        headers={**backend.headers, "Apollo-Require-Preflight": "true"},
+    )
+    assert not response.json().get("errors"), response.text
+    before = _hits(secured_app)
+    data = await callers["alice"].ok(
+        """query($id: ID!) { thread(id: $id) {
+             elements { edges { node { name url } } }
+             steps(first: 5) { edges { node { id elements { name url } } } }
+           } }""",
+        id=world.private,
+    )
+    assert _hits(secured_app) == before + 1
+    nodes = [edge["node"] for edge in data["thread"]["elements"]["edges"]]
+    [stored] = [node for node in nodes if node["name"] == "notes.txt"]
+    assert (await backend.http.get(stored["url"])).content == b"compiled bytes"
+    [step] = [edge["node"] for edge in data["thread"]["steps"]["edges"] if edge["node"]["id"] == world.step]
+    assert [element["name"] for element in step["elements"]] == ["plan.pdf", "notes.txt"]
 
 
 async def test_refused_arguments_get_the_resolvers_error(callers: dict[str, Api], world: World) -> None:

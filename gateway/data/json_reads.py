@@ -14,6 +14,7 @@ is a subquery correlated to its parent's row. Base tables appear only in the inn
 no nested level can be correlated to the wrong table.
 """
 
+import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -25,11 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.data.access import ACCESS_USER_PARAMETER, Access
+from gateway.data.elements import ELEMENT_ORDER
 from gateway.data.feedback import FEEDBACK_ORDER
 from gateway.data.pagination import Ordering, PageRequest, cursor_conditions
 from gateway.data.steps import STEP_ORDER, StepFilter, step_filter_conditions
 from gateway.data.threads import THREAD_ORDERINGS, ThreadFilter, filter_conditions
-from gateway.tables import UUIDText, feedbacks_table, steps_table, threads_table, users_table
+from gateway.tables import UUIDText, elements_table, feedbacks_table, steps_table, threads_table, users_table
 
 # How a column is output, mirroring the GraphQL types' serialization.
 Kind = Literal[
@@ -47,6 +49,9 @@ CANONICAL_TIMESTAMP_SQLITE = (
     "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
 )
 FALSY_JSON = ("null", "false", "0", '""', "[]", "{}")
+# Begins the text that stands for an element's URL until it is signed: random per process, so no
+# stored value can pass for one.
+SIGN_MARKER = f"gateway-sign-{secrets.token_hex(16)}:"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,22 @@ class Value:
     key: str
     column: str
     kind: Kind = "plain"
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    """An element's URL: its own for an element attached by reference; for a stored object a marker
+    (`SIGN_MARKER` + JSON [object key, name, mime]) that the caller replaces by a URL signed now."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class ElementList:
+    """A step's elements: a plain list, oldest first."""
+
+    key: str
+    node: "Node"
 
 
 @dataclass(frozen=True)
@@ -132,7 +153,7 @@ class Listing:
     step_filter: StepFilter = field(default_factory=StepFilter)
 
 
-Member = Value | Constant | OwnerOnly | Related | Listing
+Member = Value | Constant | OwnerOnly | Related | Listing | SignedUrl | ElementList
 Node = tuple[Member, ...]
 
 
@@ -153,7 +174,7 @@ class ById:
     """A root object by id (`thread`, `step`): null when missing or out of the caller's reach."""
 
     key: str
-    table: Literal["threads", "steps"]
+    table: Literal["threads", "steps", "elements"]
     id: str
     node: Node
 
@@ -186,7 +207,9 @@ TO_MANY = {
     "steps": _ToMany(steps_table, "threadId", STEP_ORDER),
     "children": _ToMany(steps_table, "parentId", STEP_ORDER),
     "feedbacks": _ToMany(feedbacks_table, "threadId", FEEDBACK_ORDER),
+    "elements": _ToMany(elements_table, "threadId", ELEMENT_ORDER),
 }
+BY_ID = {"threads": threads_table, "steps": steps_table, "elements": elements_table}
 
 
 def _readable(table: sa.Table, access: Access) -> list[ColumnElement[bool]]:
@@ -197,6 +220,8 @@ def _readable(table: sa.Table, access: Access) -> list[ColumnElement[bool]]:
         return access.readable_steps()
     if table is users_table:
         return access.users()
+    if table is elements_table:
+        return access.readable_elements()
     return []  # a step's feedback: readable with its step
 
 
@@ -321,6 +346,8 @@ class _Builder:
                 needed.append(member.column)
             elif isinstance(member, OwnerOnly):
                 needed += ["userId", member.column]
+            elif isinstance(member, SignedUrl):
+                needed += ["objectKey", "url", "name", "mime"]
             elif isinstance(member, Related):
                 needed.append(TO_ONE[member.relation].join[1])
         if ordering is not None:
@@ -344,6 +371,10 @@ class _Builder:
                     pairs.append((member.key, sa.case((owned, row.c[member.column]), else_=sa.null())))
             elif isinstance(member, Related):
                 pairs.append((member.key, self._related(member, row, f"{path}.{member.key}")))
+            elif isinstance(member, SignedUrl):
+                pairs.append((member.key, self._signed_url(row)))
+            elif isinstance(member, ElementList):
+                pairs.append((member.key, self._elements_of_step(member, row, f"{path}.{member.key}")))
             else:
                 pairs.append((member.key, self._listing(member, row, f"{path}.{member.key}")))
         return self._object(pairs)
@@ -359,6 +390,33 @@ class _Builder:
             inner = inner.limit(1)
         one = inner.correlate(parent).subquery(self._name())
         return self._embedded(sa.select(self.node(member.node, one, path)).select_from(one).scalar_subquery())
+
+    def _signed_url(self, row: Any) -> ColumnElement[Any]:
+        parts = [row.c.objectKey, row.c.name, row.c.mime]
+        described = (
+            sa.cast(sa.func.json_build_array(*parts), sa.Text)
+            if self.postgres
+            else sa.func.json_array(*parts)
+        )
+        marked = sa.literal_column(f"'{SIGN_MARKER}'").concat(described)
+        return sa.case((row.c.objectKey.is_(None), row.c.url), else_=marked)
+
+    def _elements_of_step(self, member: ElementList, parent: Any, path: str) -> ColumnElement[Any]:
+        table = elements_table
+        order = (table.c.createdAt, table.c.id)
+        columns = dict.fromkeys([*self._columns_for(table, member.node, None), "createdAt", "id"])
+        inner = (
+            sa.select(*[table.c[name] for name in columns])
+            .where(table.c.forId == parent.c.id, *self.access.readable_elements())
+            .order_by(*order)
+            .correlate(parent)
+            .subquery(self._name())
+        )
+        node = self.node(member.node, inner, path)
+        if self.postgres:
+            listed = sa.func.json_agg(aggregate_order_by(node, inner.c.createdAt, inner.c.id))
+            return sa.select(sa.func.coalesce(listed, self._json("[]"))).select_from(inner).scalar_subquery()
+        return sa.func.json(sa.select(sa.func.json_group_array(node)).select_from(inner).scalar_subquery())
 
     def _listing(self, member: Listing, parent: Any, path: str) -> ColumnElement[Any]:
         relation = TO_MANY[member.relation]
@@ -503,7 +561,7 @@ class _Builder:
                 )
                 pairs.append((member.key, self._embedded(listing)))
             else:
-                table = threads_table if member.table == "threads" else steps_table
+                table = BY_ID[member.table]
                 row_id = sa.bindparam(f"{path}.id", member.id, type_=UUIDText())
                 inner = sa.select(
                     *[table.c[name] for name in self._columns_for(table, member.node, None)]
@@ -553,7 +611,7 @@ def _parameters(members: Sequence[RootMember], access: Access) -> dict[str, Any]
 
 def _node_parameters(parameters: dict[str, Any], path: str, node: Node) -> None:
     for member in node:
-        if isinstance(member, Related):
+        if isinstance(member, Related | ElementList):
             _node_parameters(parameters, f"{path}.{member.key}", member.node)
         elif isinstance(member, Listing):
             ordering = TO_MANY[member.relation].ordering
@@ -595,7 +653,7 @@ def _shape(value: Any) -> Any:
         return (ById, value.key, value.table, _shape(value.node))
     if isinstance(value, tuple | list):
         return tuple(_shape(item) for item in value)
-    if isinstance(value, ThreadList | Listing | Edges | EdgeNode | Related):
+    if isinstance(value, ThreadList | Listing | Edges | EdgeNode | Related | ElementList):
         return (type(value), *(_shape(getattr(value, item.name)) for item in fields(value)))
     return value
 
