@@ -136,8 +136,10 @@ def _text(value: str) -> Any:
     return sa.bindparam(None, value, sa.Text())
 
 
-def sql_icontains(column: ColumnElement[Any], term: str) -> ColumnElement[bool]:
-    return ICONTAINS(column, _text(like_pattern(term)))
+def sql_icontains(column: ColumnElement[Any], term: str | sa.BindParameter[str]) -> ColumnElement[bool]:
+    """The column holds the term, any case; a bound parameter is taken as its `like_pattern`."""
+    pattern = term if isinstance(term, sa.BindParameter) else _text(like_pattern(term))
+    return ICONTAINS(column, pattern)
 
 
 def sql_json_contains(column: ColumnElement[Any], pattern: dict[str, Any]) -> ColumnElement[bool]:

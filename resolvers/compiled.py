@@ -141,7 +141,10 @@ class Arguments:
     variables: VariableValues
 
     def of(self, field: GraphQLField, node: FieldNode) -> dict[str, Any]:
+        """The field's arguments by their Python names (`filter_`, `order_by`)."""
         values = get_argument_values(field, node, self.variables)
+        if not any(isinstance(value, dict) for value in values.values()):
+            return values  # scalars only (page sizes, cursors, ids): nothing to convert, same names
         definition = field.extensions["strawberry-definition"]
         return convert_arguments(
             values,
@@ -396,7 +399,7 @@ def _constant(value: Any) -> Callable[[Arguments], Any]:
     return lambda _arguments: value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # kept by identity: the statement cache's key
 class Template:
     operation: OperationDefinitionNode
     bind: Callable[[Arguments], list[json_reads.RootMember]]
@@ -495,7 +498,7 @@ class CompiledReads:
                 # One statement sees one snapshot: no transaction to begin and roll back.
                 autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
                 data = await json_reads.read_json(
-                    autocommit, members=members, access=access, statements=self.statements
+                    autocommit, members=members, access=access, statements=self.statements, selection=template
                 )
         except GatewayError as refusal:  # a cursor of another list: the resolvers say where
             logger.debug("arguments refused (%s); answered by the resolvers", refusal.message)

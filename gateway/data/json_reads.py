@@ -16,8 +16,8 @@ no nested level can be correlated to the wrong table.
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -31,6 +31,7 @@ from gateway.data.feedback import FEEDBACK_ORDER
 from gateway.data.pagination import Ordering, PageRequest, cursor_conditions
 from gateway.data.steps import STEP_ORDER, StepFilter, step_filter_conditions
 from gateway.data.threads import THREAD_ORDERINGS, ThreadFilter, filter_conditions
+from gateway.jsonops import like_pattern
 from gateway.tables import UUIDText, elements_table, feedbacks_table, steps_table, threads_table, users_table
 
 # How a column is output, mirroring the GraphQL types' serialization.
@@ -588,43 +589,62 @@ def _reads_page(members: tuple[ConnectionMember, ...], request: PageRequest) -> 
     return False
 
 
-def _parameters(members: Sequence[RootMember], access: Access) -> dict[str, Any]:
+def _parameters(members: Sequence[RootMember], access: Access) -> tuple[dict[str, Any], tuple[Any, ...]]:
     """The values of a statement's named parameters, as the builder names them (by the path of
-    the selection they belong to): what changes between requests of the same shape."""
+    the selection they belong to), and the shape of the request: whatever else of its arguments
+    the statement holds (page directions, the rest of a filter, the order). Requests of one
+    selection and one shape share a statement."""
     parameters: dict[str, Any] = {}
+    shape: list[Any] = [access.everything]
     if not access.everything:
         parameters[ACCESS_USER_PARAMETER] = access.user_id
     for member in members:
         path = f"r.{member.key}"
         if isinstance(member, ThreadList):
             ordering = THREAD_ORDERINGS[(member.order_field, member.descending)]
-            _page_parameters(parameters, path, ordering, member.request, member.members)
-            if member.thread_filter.user_id is not None:
-                parameters[f"{path}.filter.userId"] = member.thread_filter.user_id
-            if member.thread_filter.user_identifier is not None:
-                parameters[f"{path}.filter.userIdentifier"] = member.thread_filter.user_identifier
+            thread_filter = member.thread_filter
+            for name, value in (
+                ("userId", thread_filter.user_id),
+                ("userIdentifier", thread_filter.user_identifier),
+                ("search", like_pattern(thread_filter.search) if thread_filter.search else None),
+            ):
+                if value is not None:
+                    parameters[f"{path}.filter.{name}"] = value
+            given = replace(
+                thread_filter,
+                user_id=None if thread_filter.user_id is None else "",
+                user_identifier=None if thread_filter.user_identifier is None else "",
+                search=thread_filter.search and "",
+            )
+            shape.append((given, member.order_field, member.descending))
+            _page_parameters(parameters, shape, path, ordering, member.request, member.members)
         elif isinstance(member, ById):
             parameters[f"{path}.id"] = member.id
-            _node_parameters(parameters, path, member.node)
-    return parameters
+            _node_parameters(parameters, shape, path, member.node)
+    return parameters, tuple(shape)
 
 
-def _node_parameters(parameters: dict[str, Any], path: str, node: Node) -> None:
+def _node_parameters(parameters: dict[str, Any], shape: list[Any], path: str, node: Node) -> None:
     for member in node:
         if isinstance(member, Related | ElementList):
-            _node_parameters(parameters, f"{path}.{member.key}", member.node)
+            _node_parameters(parameters, shape, f"{path}.{member.key}", member.node)
         elif isinstance(member, Listing):
             ordering = TO_MANY[member.relation].ordering
-            _page_parameters(parameters, f"{path}.{member.key}", ordering, member.request, member.members)
+            shape.append(member.step_filter)
+            _page_parameters(
+                parameters, shape, f"{path}.{member.key}", ordering, member.request, member.members
+            )
 
 
 def _page_parameters(
     parameters: dict[str, Any],
+    shape: list[Any],
     path: str,
     ordering: Ordering,
     request: PageRequest,
     members: tuple[ConnectionMember, ...],
 ) -> None:
+    shape.append((request.backward, request.after is not None, request.before is not None))
     parameters[f"{path}.limit"] = request.size + 1
     parameters[f"{path}.size"] = request.size
     for argument, cursor in (("after", request.after), ("before", request.before)):
@@ -635,42 +655,21 @@ def _page_parameters(
         if isinstance(edges, Edges):
             for item in edges.members:
                 if isinstance(item, EdgeNode):
-                    _node_parameters(parameters, f"{path}.{edges.key}.{item.key}", item.node)
-
-
-def _shape(value: Any) -> Any:
-    """A selection without the values `_parameters` binds: requests of the same shape share one
-    statement. Whatever else a selection holds (the rest of a filter) stays in the shape."""
-    if isinstance(value, PageRequest):
-        return ("page", value.backward, value.after is not None, value.before is not None)
-    if isinstance(value, ThreadFilter):
-        return replace(
-            value,
-            user_id=None if value.user_id is None else "",
-            user_identifier=None if value.user_identifier is None else "",
-        )
-    if isinstance(value, ById):
-        return (ById, value.key, value.table, _shape(value.node))
-    if isinstance(value, tuple | list):
-        return tuple(_shape(item) for item in value)
-    if isinstance(value, ThreadList | Listing | Edges | EdgeNode | Related | ElementList):
-        return (type(value), *(_shape(getattr(value, item.name)) for item in fields(value)))
-    return value
+                    _node_parameters(parameters, shape, f"{path}.{edges.key}.{item.key}", item.node)
 
 
 class StatementCache:
-    """Statements by dialect and selection shape (least recently used out first): a shape is
-    built and compiled once, then each request only binds its values."""
+    """Statements by dialect, selection and shape (least recently used out first): each is built
+    and compiled once, then each request only binds its values."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._statements: OrderedDict[Any, sa.Select[Any]] = OrderedDict()
 
-    def statement(self, dialect: str, members: Sequence[RootMember], access: Access) -> sa.Select[Any]:
-        key = (dialect, access.everything, _shape(members))
+    def statement(self, key: Any, build: Callable[[], sa.Select[Any]]) -> sa.Select[Any]:
         statement = self._statements.get(key)
         if statement is None:
-            statement = json_statement(dialect, members=members, access=access)
+            statement = build()
             self._statements[key] = statement
             if len(self._statements) > self.size:
                 self._statements.popitem(last=False)
@@ -690,13 +689,17 @@ async def read_json(
     members: Sequence[RootMember],
     access: Access,
     statements: StatementCache | None = None,
+    selection: Hashable = None,
 ) -> str:
-    """The JSON text of `data`: every root field, as one statement builds it."""
+    """The JSON text of `data`: every root field, as one statement builds it. With a cache, the
+    statement is kept for `selection` (what the members select, whatever their arguments)."""
     dialect = connection.dialect.name
-    parameters = _parameters(members, access)  # first: a bad cursor is refused before any SQL
-    if statements is None:
+    parameters, shape = _parameters(members, access)  # first: a bad cursor is refused before any SQL
+    if statements is None or selection is None:
         statement = json_statement(dialect, members=members, access=access)
     else:
-        statement = statements.statement(dialect, members, access)
+        statement = statements.statement(
+            (dialect, selection, shape), lambda: json_statement(dialect, members=members, access=access)
+        )
     text = (await connection.execute(statement, parameters)).scalar_one()
     return str(text)

@@ -22,7 +22,7 @@ from gateway.data.common import (
 )
 from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
 from gateway.errors import BadUserInput, Forbidden, NotFound
-from gateway.jsonops import sql_icontains, sql_json_contains, sql_tags_contain_all
+from gateway.jsonops import like_pattern, sql_icontains, sql_json_contains, sql_tags_contain_all
 from gateway.tables import (
     Thread,
     UUIDText,
@@ -73,8 +73,9 @@ class ThreadChanges:
 def filter_conditions(
     thread_filter: ThreadFilter, parameter: str | None = None
 ) -> list[sa.ColumnElement[bool]]:
-    """The filter's conditions; the user it names as parameters `{parameter}.userId` and
-    `{parameter}.userIdentifier` when a name is given (the rest of the filter is in the SQL)."""
+    """The filter's conditions; the user it names and its search pattern as parameters
+    `{parameter}.userId`, `{parameter}.userIdentifier` and `{parameter}.search` when a name is
+    given (the rest of the filter is in the SQL)."""
     threads, steps, feedbacks = threads_table.c, steps_table.c, feedbacks_table.c
     conditions: list[sa.ColumnElement[bool]] = []
 
@@ -88,14 +89,17 @@ def filter_conditions(
         owner = sa.select(users_table.c.id).where(users_table.c.identifier == identifier)
         conditions.append(threads.userId.in_(owner.scalar_subquery()))
     if thread_filter.search:
+        search: Any = thread_filter.search
+        if parameter is not None:  # bound as the pattern `sql_icontains` would make of it
+            search = sa.bindparam(f"{parameter}.search", like_pattern(search), type_=sa.Text())
         step_matches = sa.select(sa.literal(1)).where(
             steps.threadId == threads.id,
             sa.or_(
-                sql_icontains(steps.input, thread_filter.search),
-                sql_icontains(steps.output, thread_filter.search),
+                sql_icontains(steps.input, search),
+                sql_icontains(steps.output, search),
             ),
         )
-        conditions.append(sa.or_(sql_icontains(threads.name, thread_filter.search), step_matches.exists()))
+        conditions.append(sa.or_(sql_icontains(threads.name, search), step_matches.exists()))
     if thread_filter.feedback is not None:
         rated = sa.select(sa.literal(1)).where(
             feedbacks.threadId == threads.id, feedbacks.value == thread_filter.feedback
