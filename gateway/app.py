@@ -1,10 +1,12 @@
-"""The ASGI application: GraphQL (and GraphiQL) at /graphql, a health check at /healthz.
+"""The ASGI application: GraphQL (and GraphiQL) at /graphql, liveness at /healthz, readiness at
+/readyz, Prometheus metrics at /metrics.
 
 Before a GraphQL request reaches the schema it is checked here: a multipart or form request must
 carry a header browsers cannot send cross-site without a preflight (CSRF), the body must fit the
 size cap, and the caller must authenticate (only the GraphiQL page itself is served to anyone).
 """
 
+import asyncio
 import logging
 import re
 import time
@@ -12,23 +14,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import sqlalchemy as sa
 from cross_web import HTTPException
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
+from gateway import graphiql
 from gateway.attachments import Attachments, UploadPolicy
-from gateway.auth import NOBODY, Authenticator
+from gateway.auth import NOBODY, Authenticator, CallerKind
 from gateway.config import Settings
 from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
 from gateway.ids import new_id
+from gateway.metrics import GatewayMetrics, mark_worker_dead, metrics_route
 from gateway.migrate import upgrade_database
+from gateway.observability import ObserveRequests, count_statements
+from gateway.ratelimit import RateLimiter
 from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
 from gateway.timestamps import utc_now
@@ -44,7 +53,8 @@ _SIMPLE_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencod
 # Headers of Apollo's CSRF prevention, which upload clients (apollo-upload-client...) already send.
 PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 MULTIPART_OVERHEAD = 1024 * 1024  # the operations and map fields of an upload request
-HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413}
+HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413, "RATE_LIMITED": 429}
+READY_TIMEOUT_SECONDS = 3.0
 
 
 class RequestIdMiddleware:
@@ -79,6 +89,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         limits: Limits,
         attachments: Attachments,
         max_body_bytes: int,
+        rate_limiter: RateLimiter | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(schema, multipart_uploads_enabled=True, **kwargs)
@@ -87,6 +98,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         self.limits = limits
         self.attachments = attachments
         self.max_body_bytes = max_body_bytes
+        self.rate_limiter = rate_limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Requests that are no GraphQL request (no query, a body that is not JSON, variables that
@@ -103,13 +115,18 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 scope["state"]["caller"] = await self.auth.authenticate(
                     request.headers, request.client.host if request.client else None
                 )
+                if self.rate_limiter is not None:
+                    self.rate_limiter.check(scope["state"]["caller"])
             response = await self.run(Request(scope=scope, receive=self._capped(request, receive)))
         except GatewayError as error:
+            scope["state"]["error_codes"] = [error.code]  # for the log and the metrics
             response = _error_response(
                 error.message, error.code, HTTP_STATUS.get(error.code, 400), **error.extensions
             )
             if error.code == "UNAUTHENTICATED":
                 response.headers["WWW-Authenticate"] = "Bearer"
+            if "retryAfter" in error.extensions:
+                response.headers["Retry-After"] = str(error.extensions["retryAfter"])
         except HTTPException as error:
             response = _error_response(error.reason, "BAD_USER_INPUT", error.status_code)
         except Exception:
@@ -123,6 +140,13 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 requestId=request_id,
             )
         await response(scope, receive, send)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """The gateway's own GraphiQL page (gateway.graphiql): no asset from another host."""
+        return HTMLResponse(
+            graphiql.page(auth_required=self.auth.open_mode is False),
+            headers={"Content-Security-Policy": graphiql.CONTENT_SECURITY_POLICY},
+        )
 
     def _is_ide_page(self, request: Request) -> bool:
         """A request strawberry answers with the GraphiQL page (static HTML; its own queries, with
@@ -280,12 +304,47 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await reaper.stop()
+            mark_worker_dead()
             await store.close()
             await auth.close()
             await db.dispose()
 
     async def health(_request: Request) -> JSONResponse:
+        """Liveness: the process answers (restart it when this fails)."""
         return JSONResponse({"status": "ok"})
+
+    async def ready(_request: Request) -> JSONResponse:
+        """Readiness: the database and the object store answer now (send traffic only then)."""
+
+        async def database() -> None:
+            async with db.session() as session:
+                await session.execute(sa.text("SELECT 1"))
+
+        checks = {"database": database(), "storage": store.check()}
+        results = await asyncio.gather(
+            *(asyncio.wait_for(check, READY_TIMEOUT_SECONDS) for check in checks.values()),
+            return_exceptions=True,
+        )
+        failed = {
+            part: f"{type(result).__name__}: {str(result).splitlines()[0] if str(result) else 'timed out'}"
+            for part, result in zip(checks, results, strict=True)
+            if isinstance(result, BaseException)
+        }
+        for part, problem in failed.items():
+            logger.warning("not ready: the %s is unreachable (%s)", part, problem)
+        if failed:
+            return JSONResponse({"status": "unavailable", "failed": failed}, 503)
+        return JSONResponse({"status": "ready"})
+
+    async def may_read_metrics(request: Request) -> Response | None:
+        """Metrics are for operators: a backend's API key, or a local developer in open mode."""
+        try:
+            caller = await auth.authenticate(request.headers, request.client.host if request.client else None)
+        except GatewayError as error:
+            return _error_response(error.message, error.code, HTTP_STATUS.get(error.code, 400))
+        if caller.kind not in (CallerKind.BACKEND, CallerKind.DEVELOPER):
+            return _error_response("metrics need an API key, not a user's token", "FORBIDDEN", 403)
+        return None
 
     limits = Limits(
         max_depth=settings.max_query_depth,
@@ -300,14 +359,32 @@ def create_app(settings: Settings | None = None) -> Starlette:
         limits,
         attachments,
         settings.max_body_bytes,
+        rate_limiter=RateLimiter(*settings.rate) if settings.rate else None,
         graphql_ide="graphiql" if settings.graphiql else None,
     )
-    routes = [Route("/graphql", graphql), Route("/healthz", health)]
+    metrics = GatewayMetrics(db) if settings.metrics else None
+    count_statements(db)
+    routes: list[BaseRoute] = [Route("/graphql", graphql), Route("/healthz", health), Route("/readyz", ready)]
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics_route(metrics, may_read_metrics)))
+    if settings.graphiql:
+        routes.append(Mount(graphiql.ASSETS_ROUTE, StaticFiles(directory=graphiql.ASSETS)))
     if isinstance(store, LocalStore):
         routes.append(Route(FILES_ROUTE + "{key:path}", local_file_route(store), methods=["GET", "HEAD"]))
         upload_route = local_upload_route(store, attachments.policy, db)
         routes.append(Route(FILES_ROUTE + "{key:path}", upload_route, methods=["PUT"]))
     app = Starlette(routes=routes, lifespan=lifespan)
+    if settings.cors_origin_list:
+        # Outside authentication: a preflight carries no credential, and is answered here.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", *PREFLIGHT_HEADERS],
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        )
+    app.add_middleware(ObserveRequests, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     app.state.db = db
     app.state.auth = auth
