@@ -41,6 +41,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
 from gateway.timestamps import utc_now
+from gateway.tracing import instrument, tracing_enabled
 from resolvers.context import GatewayContext
 from resolvers.limits import Limits
 from resolvers.schema import schema
@@ -384,7 +385,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             expose_headers=["x-request-id", "retry-after"],
             max_age=600,
         )
-    app.add_middleware(ObserveRequests, metrics=metrics)
+    traced = tracing_enabled()
+    app.add_middleware(ObserveRequests, metrics=metrics, traced=traced)
+    if traced:
+        instrument(app, db)  # outside ObserveRequests, whose work is then inside the request's span
     app.add_middleware(RequestIdMiddleware)
     app.state.db = db
     app.state.auth = auth

@@ -86,9 +86,10 @@ def outcome_of(status: int, codes: list[str]) -> str:
 class ObserveRequests:
     """ASGI middleware: times each HTTP request, then logs it and feeds the metrics."""
 
-    def __init__(self, app: ASGIApp, metrics: Any = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Any = None, traced: bool = False) -> None:
         self.app = app
         self.metrics = metrics  # gateway.metrics.GatewayMetrics, or None when metrics are off
+        self.traced = traced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,22 +100,34 @@ class ObserveRequests:
         record_token = _current.set(record)
         id_token = request_id_var.set(scope.get("state", {}).get("request_id"))
         status = 500
+        trace_id: str | None = None
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, trace_id
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.traced:  # now: the request's span ends with the response's last byte
+                    trace_id = self._annotate_span(scope, record)
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
             duration = time.perf_counter() - started
-            self._observe(scope, record, status, duration)
+            self._observe(scope, record, status, duration, trace_id)
             request_id_var.reset(id_token)
             _current.reset(record_token)
 
-    def _observe(self, scope: Scope, record: RequestRecord, status: int, duration: float) -> None:
+    @staticmethod
+    def _annotate_span(scope: Scope, record: RequestRecord) -> str | None:
+        from gateway import tracing
+
+        tracing.annotate_span(record.operation, record.operation_type, scope["state"].get("request_id"))
+        return tracing.current_trace_id()
+
+    def _observe(
+        self, scope: Scope, record: RequestRecord, status: int, duration: float, trace_id: str | None
+    ) -> None:
         state = scope.get("state", {})
         caller = state.get("caller")
         codes = record.error_codes or state.get("error_codes", [])
@@ -137,6 +150,7 @@ class ObserveRequests:
                 "outcome": outcome,
                 "error_codes": codes or None,
                 "sql_statements": record.sql_statements,
+                "trace_id": trace_id,
             },
         )
 
