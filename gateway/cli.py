@@ -124,9 +124,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         raise StartFailed(str(error)) from error
     shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     where = make_url(settings.database_url).render_as_string(hide_password=True)
-    print(f"gateway: database {where}", file=sys.stderr)
+    # Logged, not printed: with GATEWAY_LOG_FORMAT=json every line of the server is JSON.
+    logger.info("database %s", where)
     if settings.graphiql:
-        print(f"gateway: GraphiQL at http://{shown_host}:{settings.port}/graphql", file=sys.stderr)
+        logger.info("GraphiQL at http://%s:%s/graphql", shown_host, settings.port)
     # Our handler formats every log line (uvicorn's too); the access line is gateway.access's.
     server_options: dict[str, Any] = {
         "host": settings.host,
@@ -146,7 +147,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        print(f"gateway: {settings.workers} worker processes", file=sys.stderr)
+        logger.info("%s worker processes", settings.workers)
         uvicorn.run("gateway.cli:worker_app", factory=True, workers=settings.workers, **server_options)
     return 0
 

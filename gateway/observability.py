@@ -132,7 +132,13 @@ class ObserveRequests:
         caller = state.get("caller")
         codes = record.error_codes or state.get("error_codes", [])
         outcome = outcome_of(status, codes)
-        is_operation = scope["path"] == "/graphql" and caller is not None and caller.kind.value != "nobody"
+        # GraphQL requests, also those refused before running (unauthenticated, rate limited...);
+        # not the GraphiQL page (its caller is "nobody") nor CORS preflights.
+        is_operation = (
+            scope["path"] == "/graphql"
+            and scope["method"] in ("GET", "POST")
+            and (caller is None or caller.kind.value != "nobody")
+        )
         if self.metrics is not None and is_operation:
             self.metrics.observe_request(record, codes, outcome, duration)
         access_logger.info(
