@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser(
         "serve",
         help="run the gateway (migrates the database first, unless GATEWAY_AUTO_MIGRATE=false)",
+        description="Run the gateway: GraphQL and GraphiQL at /graphql, liveness at /healthz, readiness "
+        "at /readyz, metrics at /metrics. Pending migrations are applied first, once, unless "
+        "GATEWAY_AUTO_MIGRATE=false. Every setting is a GATEWAY_* variable (see the README).",
     )
     serve.add_argument("--host", help="address to bind (default GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default GATEWAY_PORT or 8000)")
