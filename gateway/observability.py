@@ -141,6 +141,8 @@ class ObserveRequests:
         )
         if self.metrics is not None and is_operation:
             self.metrics.observe_request(record, codes, outcome, duration)
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
         access_logger.info(
             "%s %s %s %.1f ms",
             scope["method"],
