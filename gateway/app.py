@@ -6,7 +6,6 @@ carry a header browsers cannot send cross-site without a preflight (CSRF), the b
 size cap, and the caller must authenticate (only the GraphiQL page itself is served to anyone).
 """
 
-import asyncio
 import logging
 import re
 import time
@@ -14,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from cross_web import HTTPException
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
@@ -28,11 +26,12 @@ from strawberry.asgi import GraphQL
 
 from gateway import graphiql
 from gateway.attachments import Attachments, UploadPolicy
-from gateway.auth import NOBODY, Authenticator, CallerKind
+from gateway.auth import NOBODY, Authenticator
 from gateway.config import Settings
 from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
+from gateway.health import readiness_route
 from gateway.ids import new_id
 from gateway.metrics import GatewayMetrics, mark_worker_dead, metrics_route
 from gateway.migrate import upgrade_database
@@ -55,7 +54,6 @@ _SIMPLE_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencod
 PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 MULTIPART_OVERHEAD = 1024 * 1024  # the operations and map fields of an upload request
 HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413, "RATE_LIMITED": 429}
-READY_TIMEOUT_SECONDS = 3.0
 
 
 class RequestIdMiddleware:
@@ -311,41 +309,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await db.dispose()
 
     async def health(_request: Request) -> JSONResponse:
-        """Liveness: the process answers (restart it when this fails)."""
+        """Liveness: the process answers (restart it when this fails); readiness is /readyz."""
         return JSONResponse({"status": "ok"})
-
-    async def ready(_request: Request) -> JSONResponse:
-        """Readiness: the database and the object store answer now (send traffic only then)."""
-
-        async def database() -> None:
-            async with db.session() as session:
-                await session.execute(sa.text("SELECT 1"))
-
-        checks = {"database": database(), "storage": store.check()}
-        results = await asyncio.gather(
-            *(asyncio.wait_for(check, READY_TIMEOUT_SECONDS) for check in checks.values()),
-            return_exceptions=True,
-        )
-        failed = {
-            part: f"{type(result).__name__}: {str(result).splitlines()[0] if str(result) else 'timed out'}"
-            for part, result in zip(checks, results, strict=True)
-            if isinstance(result, BaseException)
-        }
-        for part, problem in failed.items():
-            logger.warning("not ready: the %s is unreachable (%s)", part, problem)
-        if failed:
-            return JSONResponse({"status": "unavailable", "failed": failed}, 503)
-        return JSONResponse({"status": "ready"})
-
-    async def may_read_metrics(request: Request) -> Response | None:
-        """Metrics are for operators: a backend's API key, or a local developer in open mode."""
-        try:
-            caller = await auth.authenticate(request.headers, request.client.host if request.client else None)
-        except GatewayError as error:
-            return _error_response(error.message, error.code, HTTP_STATUS.get(error.code, 400))
-        if caller.kind not in (CallerKind.BACKEND, CallerKind.DEVELOPER):
-            return _error_response("metrics need an API key, not a user's token", "FORBIDDEN", 403)
-        return None
 
     limits = Limits(
         max_depth=settings.max_query_depth,
@@ -365,9 +330,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     metrics = GatewayMetrics(db) if settings.metrics else None
     count_statements(db)
-    routes: list[BaseRoute] = [Route("/graphql", graphql), Route("/healthz", health), Route("/readyz", ready)]
+    routes: list[BaseRoute] = [Route("/graphql", graphql), Route("/healthz", health)]
+    routes.append(Route("/readyz", readiness_route(db, store)))
     if metrics is not None:
-        routes.append(Route("/metrics", metrics_route(metrics, may_read_metrics)))
+        routes.append(Route("/metrics", metrics_route(metrics, auth)))
     if settings.graphiql:
         routes.append(Mount(graphiql.ASSETS_ROUTE, StaticFiles(directory=graphiql.ASSETS)))
     if isinstance(store, LocalStore):

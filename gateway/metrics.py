@@ -22,9 +22,11 @@ from prometheus_client import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
+from gateway.auth import Authenticator, CallerKind
 from gateway.database import Database
+from gateway.errors import Unauthenticated
 from gateway.observability import RequestRecord
 from gateway.tables import ObjectDeletion, PendingUpload
 
@@ -142,18 +144,24 @@ class GatewayMetrics:
         return generate_latest(REGISTRY)
 
 
-def metrics_route(
-    metrics: GatewayMetrics, authorize: Callable[[Request], Awaitable[Response | None]]
-) -> Callable[[Request], Awaitable[Response]]:
-    """/metrics, for callers `authorize` lets through (it returns the refusal otherwise)."""
+def metrics_route(metrics: GatewayMetrics, auth: Authenticator) -> Callable[[Request], Awaitable[Response]]:
+    """/metrics, for operators: a backend's API key, or a local developer in open mode (user
+    tokens are refused: a frontend's user has no business reading the server's figures)."""
 
     async def serve_metrics(request: Request) -> Response:
-        refusal = await authorize(request)
-        if refusal is not None:
-            return refusal
+        try:
+            caller = await auth.authenticate(request.headers, request.client.host if request.client else None)
+        except Unauthenticated as error:
+            return _refusal(error.message, error.code, 401)
+        if caller.kind not in (CallerKind.BACKEND, CallerKind.DEVELOPER):
+            return _refusal("metrics need an API key, not a user's token", "FORBIDDEN", 403)
         return Response(await metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return serve_metrics
+
+
+def _refusal(message: str, code: str, status: int) -> JSONResponse:
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status)
 
 
 def mark_worker_dead() -> None:
