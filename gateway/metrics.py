@@ -6,6 +6,7 @@ worker answering /metrics reports the sum over all of them.
 """
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from gateway.errors import Unauthenticated
 from gateway.observability import RequestRecord
 from gateway.tables import ObjectDeletion, PendingUpload
 
+POOL_SAMPLE_SECONDS = 1.0  # the pool gauges follow requests at most this often (and at each scrape)
 MAX_OPERATION_NAMES = 100  # distinct operation labels per process; more fold into OTHER
 ANONYMOUS = "(anonymous)"
 OTHER = "(other)"
@@ -106,6 +108,8 @@ class GatewayMetrics:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.operations = OperationLabels()
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._pools_sampled = -float("inf")
         if db.read_engine is db.engine:
             self.pools = {"main": db.engine}
         else:
@@ -113,12 +117,18 @@ class GatewayMetrics:
 
     def observe_request(self, record: RequestRecord, codes: list[str], outcome: str, duration: float) -> None:
         labels = (self.operations(record.operation), record.operation_type or "none", outcome)
-        REQUESTS.labels(*labels).inc()
-        DURATION.labels(*labels).observe(duration)
+        children = self._children.get(labels)
+        if children is None:  # labels() takes a lock and builds a key: once per label set
+            children = self._children[labels] = (REQUESTS.labels(*labels), DURATION.labels(*labels))
+        children[0].inc()
+        children[1].observe(duration)
         for code in codes:
             ERRORS.labels(code or "NONE").inc()
         SQL_STATEMENTS.observe(record.sql_statements)
-        self._sample_pools()
+        now = time.monotonic()
+        if now - self._pools_sampled > POOL_SAMPLE_SECONDS:
+            self._sample_pools()
+            self._pools_sampled = now
 
     def _sample_pools(self) -> None:
         for name, engine in self.pools.items():

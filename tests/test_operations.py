@@ -26,6 +26,7 @@ from tests.conftest import (
     client_of,
     create_postgres_database,
     drop_postgres_database,
+    new_uuid,
     running,
     secured_settings,
     user_token,
@@ -354,3 +355,31 @@ async def test_a_traced_request_has_its_operation_request_id_and_sql_spans(
         if span.trace_id == server[0].trace_id and span.name.split()[0] in ("SELECT", "WITH")
     ]
     assert sql, [span.name for span in otlp_receiver if span.trace_id == server[0].trace_id]
+
+
+async def test_metrics_follow_pending_uploads_and_count_one_request_s_statements(database_url: str) -> None:
+    async with gateway(secured_settings(database_url)) as api:
+        backend = api.with_headers(**KEY)
+        thread = new_uuid()
+        await backend.ok(f'mutation {{ upsertThread(input: {{id: "{thread}", name: "t"}}) {{ id }} }}')
+        before = await scrape(api)
+        await backend.ok(
+            "mutation($i: ElementInput!) { requestElementUpload(input: $i) { elementId } }",
+            i={"threadId": thread, "name": "big.bin"},
+        )
+        middle = await scrape(api)
+        assert middle[("gateway_uploads_pending", ())] == before[("gateway_uploads_pending", ())] + 1
+
+        await backend.ok(
+            "query One($id: ID!) { thread(id: $id) { steps(last: 10) { edges { node { id } } } } }", id=thread
+        )
+        after = await scrape(api)
+    ran = (
+        after[("gateway_request_sql_statements_sum", ())] - middle[("gateway_request_sql_statements_sum", ())]
+    )
+    assert (
+        after[("gateway_request_sql_statements_count", ())]
+        - middle[("gateway_request_sql_statements_count", ())]
+        == 1
+    )
+    assert 1 <= ran <= 3, ran  # one request's reads, each level one statement
