@@ -12,8 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.config import Settings
 from gateway.graphiql import ASSETS
+from gateway.migrate import upgrade_database
 from tests.browser import headless_page
+from tests.conftest import client_of, running
 from tests.test_cli import SERVER_START_TIMEOUT, Server, _env, _free_port, _wait_until_healthy
 
 KEY = "gw_browser-test-key-0123456789abcdefghijklmnop"
@@ -116,3 +119,17 @@ async def test_graphiql_renders_offline_fetches_the_schema_with_a_pasted_key_and
         assert elsewhere == [], elsewhere
         failed = [item for item in page.requests.values() if str(item["status"]).startswith("failed")]
         assert failed == [], failed
+
+
+async def test_open_mode_s_page_asks_for_no_key_and_graphiql_can_be_turned_off(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'page.db'}"
+    await upgrade_database(url)
+    async with running(Settings(database_url=url)) as application, client_of(application) as api:
+        page = await api.http.get("/graphql", headers={"Accept": "text/html"})
+        assert 'data-auth-required="false"' in page.text
+        assert "requires a credential" not in page.text
+    off = Settings(database_url=url, graphiql=False)
+    async with running(off) as application, client_of(application) as api:
+        assert (await api.http.get("/graphiql/graphiql.min.js")).status_code == 404
+        page = await api.http.get("/graphql", headers={"Accept": "text/html"})
+        assert "graphiql" not in page.text.lower()
