@@ -108,6 +108,18 @@ class Settings(BaseSettings):
             )
         return f"{driver}://{rest}"
 
+    @field_validator("storage_url")
+    @classmethod
+    def _supported_store(cls, url: str) -> str:
+        scheme, separator, rest = url.partition("://")
+        if (
+            not separator
+            or scheme.lower() not in ("file", "s3")
+            or (scheme.lower() == "s3" and not rest.strip("/"))
+        ):
+            raise ValueError(f"unsupported storage URL {url!r}: use file://directory or s3://bucket/prefix")
+        return url
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, level: object) -> object:

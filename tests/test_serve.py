@@ -137,6 +137,7 @@ def test_the_log_names_open_development_mode(tmp_path: Path, servers: list[Serve
     ("settings", "expected"),
     [
         ({"database_url": "mysql://user@localhost/chat"}, "GATEWAY_DATABASE_URL"),
+        ({"storage_url": "ftp://files.example.com/chat"}, "GATEWAY_STORAGE_URL"),
         ({"port": "eighty"}, "GATEWAY_PORT"),
         ({"cors_origins": "*"}, "GATEWAY_CORS_ORIGINS"),
         ({"rate_limit": "lots"}, "GATEWAY_RATE_LIMIT"),
