@@ -13,13 +13,16 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
 from gateway.database import Database
+
+if TYPE_CHECKING:  # gateway.metrics imports this module
+    from gateway.metrics import GatewayMetrics
 
 access_logger = logging.getLogger("gateway.access")
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -86,9 +89,9 @@ def outcome_of(status: int, codes: list[str]) -> str:
 class ObserveRequests:
     """ASGI middleware: times each HTTP request, then logs it and feeds the metrics."""
 
-    def __init__(self, app: ASGIApp, metrics: Any = None, traced: bool = False) -> None:
+    def __init__(self, app: ASGIApp, metrics: "GatewayMetrics | None" = None, traced: bool = False) -> None:
         self.app = app
-        self.metrics = metrics  # gateway.metrics.GatewayMetrics, or None when metrics are off
+        self.metrics = metrics  # None when metrics are off
         self.traced = traced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
