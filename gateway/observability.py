@@ -146,16 +146,21 @@ class ObserveRequests:
             self.metrics.observe_request(record, codes, outcome, duration)
         if not access_logger.isEnabledFor(logging.INFO):
             return
+        operation = record.operation if is_operation else None
+        caller_kind = caller.kind.value if caller is not None else None
         access_logger.info(
-            "%s %s %s %.1f ms",
+            "%s %s %s %.1f ms operation=%s caller=%s outcome=%s",
             scope["method"],
             scope["path"],
             status,
             duration * 1000,
+            operation or "-",
+            caller_kind or "-",
+            outcome,
             extra={
-                "operation": record.operation if is_operation else None,
+                "operation": operation,
                 "operation_type": record.operation_type if is_operation else None,
-                "caller": caller.kind.value if caller is not None else None,
+                "caller": caller_kind,
                 "status": status,
                 "duration_ms": round(duration * 1000, 2),
                 "outcome": outcome,
