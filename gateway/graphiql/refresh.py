@@ -59,7 +59,9 @@ def main() -> None:
                 # Some packages of the GraphiQL monorepo ship no licence file: they are under the
                 # monorepo's, which is graphiql's (fetched first).
                 package = json.load(archive.extractfile(members["package.json"]))  # type: ignore[arg-type]
-                note = f"{name}@{version}: licence {package['license']!r} of {package['repository']}:\n\n"
+                repository = package["repository"]
+                where = f"{repository['url']} ({repository.get('directory', '')})"
+                note = f"{name}@{version} declares the licence {package['license']} of {where}:\n\n"
                 graphiql_licence = (ASSETS / "graphiql.LICENSE.txt").read_text()
                 (ASSETS / f"{slug}.LICENSE.txt").write_text(note + graphiql_licence)
             manifest[name] = {"version": version, "files": sorted({*files.values(), f"{slug}.LICENSE.txt"})}
