@@ -22,6 +22,7 @@ USER gateway
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
+# Readiness, not mere liveness: healthy only while the database and the object store answer.
 HEALTHCHECK --interval=30s --timeout=5s \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"
 CMD ["gateway", "serve"]

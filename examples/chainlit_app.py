@@ -1,11 +1,15 @@
 """A Chainlit app whose history (threads, messages, feedback, attachments) lives in the gateway.
 
-    pip install 'conversation-gateway[chainlit]'
-    gateway api-key create --name chainlit-app          # prints the key once
-    gateway serve                                       # http://127.0.0.1:8000/graphql
-    export GATEWAY_API_KEY=...                          # the key printed above
-    export CHAINLIT_AUTH_SECRET=$(chainlit create-secret | tail -1 | cut -d'"' -f2)
-    chainlit run examples/chainlit_app.py
+From a clone of the repository (the gateway is installed from it, not from PyPI):
+
+    python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[chainlit]'
+    .venv/bin/gateway api-key create --name chainlit-app     # prints the key once
+    .venv/bin/gateway serve                                  # http://127.0.0.1:8000/graphql
+    export GATEWAY_API_KEY=...                               # (another shell) the key printed above
+    export CHAINLIT_AUTH_SECRET=$(.venv/bin/chainlit create-secret | tail -1 | cut -d'"' -f2)
+    .venv/bin/chainlit run examples/chainlit_app.py
+
+Chainlit writes `.chainlit/`, `chainlit.md` and `.files/` in the working directory (ignored by git).
 
 Chainlit shows a user's history only to a logged-in user: this example lets anyone in whose
 password is DEMO_PASSWORD (default "demo"). Use your real authentication instead.

@@ -1,4 +1,5 @@
-"""The ASGI application: GraphQL (and GraphiQL) at /graphql, a health check at /healthz.
+"""The ASGI application: GraphQL (and GraphiQL) at /graphql, liveness at /healthz, readiness at
+/readyz, Prometheus metrics at /metrics.
 
 Before a GraphQL request reaches the schema it is checked here: a multipart or form request must
 carry a header browsers cannot send cross-site without a preflight (CSRF), the body must fit the
@@ -15,24 +16,32 @@ from typing import Any
 import orjson
 from cross_web import HTTPException
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
+from gateway import graphiql
 from gateway.attachments import Attachments, UploadPolicy
 from gateway.auth import NOBODY, Authenticator
 from gateway.config import Settings
 from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
+from gateway.health import readiness_route
 from gateway.ids import new_id
+from gateway.metrics import GatewayMetrics, mark_worker_dead, metrics_route
 from gateway.migrate import upgrade_database
+from gateway.observability import ObserveRequests, count_statements, current_record
+from gateway.ratelimit import RateLimiter
 from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
 from gateway.timestamps import utc_now
+from gateway.tracing import instrument, tracing_enabled
 from resolvers.compiled import CompiledAnswer, CompiledReads
 from resolvers.context import GatewayContext
 from resolvers.limits import Limits
@@ -46,7 +55,7 @@ _SIMPLE_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencod
 # Headers of Apollo's CSRF prevention, which upload clients (apollo-upload-client...) already send.
 PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 MULTIPART_OVERHEAD = 1024 * 1024  # the operations and map fields of an upload request
-HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413}
+HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413, "RATE_LIMITED": 429}
 
 
 class RequestIdMiddleware:
@@ -83,6 +92,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         max_body_bytes: int,
         compiled_reads: CompiledReads | None = None,
         verify_compiled_reads: bool = False,
+        rate_limiter: RateLimiter | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(schema, multipart_uploads_enabled=True, **kwargs)
@@ -93,6 +103,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         self.max_body_bytes = max_body_bytes
         self.compiled_reads = compiled_reads
         self.verify_compiled_reads = verify_compiled_reads
+        self.rate_limiter = rate_limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Requests that are no GraphQL request (no query, a body that is not JSON, variables that
@@ -109,14 +120,19 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 scope["state"]["caller"] = await self.auth.authenticate(
                     request.headers, request.client.host if request.client else None
                 )
+                if self.rate_limiter is not None:
+                    self.rate_limiter.check(scope["state"]["caller"])
             capped = Request(scope=scope, receive=self._capped(request, receive))
             response = await self._compiled(capped) or await self.run(capped)
         except GatewayError as error:
+            scope["state"]["error_codes"] = [error.code]  # for the log and the metrics
             response = _error_response(
                 error.message, error.code, HTTP_STATUS.get(error.code, 400), **error.extensions
             )
             if error.code == "UNAUTHENTICATED":
                 response.headers["WWW-Authenticate"] = "Bearer"
+            if "retryAfter" in error.extensions:
+                response.headers["Retry-After"] = str(error.extensions["retryAfter"])
         except HTTPException as error:
             response = _error_response(error.reason, "BAD_USER_INPUT", error.status_code)
         except Exception:
@@ -158,6 +174,9 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         compiled = await answer()
         if compiled is None:
             return None
+        record = current_record()
+        if record is not None:  # what OperationInfo records of the resolvers' operations
+            record.operation, record.operation_type = compiled.operation, "query"
         if self.verify_compiled_reads:
             return await self._verified(request, compiled, answer)
         return Response(compiled.body, media_type="application/json")
@@ -191,6 +210,13 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """The gateway's own GraphiQL page (gateway.graphiql): no asset from another host."""
+        return HTMLResponse(
+            graphiql.page(auth_required=self.auth.open_mode is False),
+            headers={"Content-Security-Policy": graphiql.CONTENT_SECURITY_POLICY},
+        )
 
     def _is_ide_page(self, request: Request) -> bool:
         """A request strawberry answers with the GraphiQL page (static HTML; its own queries, with
@@ -363,11 +389,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await reaper.stop()
+            mark_worker_dead()
             await store.close()
             await auth.close()
             await db.dispose()
 
     async def health(_request: Request) -> JSONResponse:
+        """Liveness: the process answers (restart it when this fails); readiness is /readyz."""
         return JSONResponse({"status": "ok"})
 
     limits = Limits(
@@ -386,14 +414,36 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.max_body_bytes,
         compiled_reads=compiled_reads if settings.compiled_reads else None,
         verify_compiled_reads=settings.compiled_reads_verify,
+        rate_limiter=RateLimiter(*settings.rate) if settings.rate else None,
         graphql_ide="graphiql" if settings.graphiql else None,
     )
-    routes = [Route("/graphql", graphql), Route("/healthz", health)]
+    metrics = GatewayMetrics(db) if settings.metrics else None
+    count_statements(db)
+    routes: list[BaseRoute] = [Route("/graphql", graphql), Route("/healthz", health)]
+    routes.append(Route("/readyz", readiness_route(db, store)))
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics_route(metrics, auth)))
+    if settings.graphiql:
+        routes.append(Mount(graphiql.ASSETS_ROUTE, StaticFiles(directory=graphiql.ASSETS)))
     if isinstance(store, LocalStore):
         routes.append(Route(FILES_ROUTE + "{key:path}", local_file_route(store), methods=["GET", "HEAD"]))
         upload_route = local_upload_route(store, attachments.policy, db)
         routes.append(Route(FILES_ROUTE + "{key:path}", upload_route, methods=["PUT"]))
     app = Starlette(routes=routes, lifespan=lifespan)
+    if settings.cors_origin_list:
+        # Outside authentication: a preflight carries no credential, and is answered here.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", *PREFLIGHT_HEADERS],
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        )
+    traced = tracing_enabled()
+    app.add_middleware(ObserveRequests, metrics=metrics, traced=traced)
+    if traced:
+        instrument(app, db)  # outside ObserveRequests, whose work is then inside the request's span
     app.add_middleware(RequestIdMiddleware)
     app.state.db = db
     app.state.auth = auth

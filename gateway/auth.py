@@ -199,12 +199,29 @@ class Authenticator:
         """Decide, once, whether this is open development mode, and say so loudly."""
         self.open_mode = await decide_open_mode(self.settings, self.db)
         if not self.open_mode:
+            logger.info("authentication: %s", await self.describe())
             return
         logger.warning(
             "OPEN DEVELOPMENT MODE: no API key or user token is configured, so every local caller can "
             "read and change everything; only loopback callers are answered. To secure it, %s.",
             AUTH_SETTINGS_HINT,
         )
+
+    async def describe(self) -> str:
+        """The credentials in force, for the start-up log (counts and kinds, never a secret)."""
+        async with self.db.session() as session:
+            stored = await api_keys.count_live_keys(session)
+        parts = [
+            f"{len(self._env_key_hashes) + stored} API keys ({len(self._env_key_hashes)} from "
+            f"GATEWAY_API_KEYS, {stored} created with `gateway api-key create`)"
+        ]
+        if self.settings.jwt_secret is not None:
+            parts.append("user tokens signed HS256 with GATEWAY_JWT_SECRET")
+        if self.settings.jwks_url:
+            parts.append(
+                f"user tokens signed {'/'.join(JWKS_ALGORITHMS)} by the keys at {self.settings.jwks_url}"
+            )
+        return "; ".join(parts)
 
     async def close(self) -> None:
         await self._http.aclose()

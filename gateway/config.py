@@ -1,9 +1,22 @@
 """Settings, read from `GATEWAY_*` environment variables and a `.env` file."""
 
 import ipaddress
+import re
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# URL schemes people write, and the async driver each means; other databases are not supported.
+DATABASE_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+RATE_PERIODS = {"second": 1, "minute": 60, "hour": 3600}
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(second|minute|hour)\s*")
 
 
 def is_loopback(host: str) -> bool:
@@ -28,11 +41,18 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible server")
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="server processes `gateway serve` runs")
     auto_migrate: bool = Field(
         default=True, description="apply pending migrations when `gateway serve` starts"
     )
-    log_level: str = "INFO"
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object a line")
+    cors_origins: str = Field(
+        default="", description="comma-separated origins of browser frontends allowed to call the API"
+    )
+    rate_limit: str | None = Field(default=None, description="requests per caller, e.g. 600/minute")
+    metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
 
     # Authentication: backends use API keys, end users JWTs. With none of these set (and no key
     # created with the CLI) the gateway runs in open development mode, on loopback only.
@@ -84,6 +104,67 @@ class Settings(BaseSettings):
         description="also run each compiled query on the resolvers and answer an error when they "
         "differ (the test suite runs so; doubles the cost of reads)",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        """`postgresql://` means asyncpg and `sqlite://` aiosqlite; anything else is refused."""
+        scheme, separator, rest = url.partition("://")
+        driver = DATABASE_DRIVERS.get(scheme.lower())
+        if not separator or driver is None:
+            raise ValueError(
+                f"unsupported database URL scheme {scheme!r}: use postgresql://user:password@host:5432/db "
+                "(asyncpg) or sqlite:///path/gateway.db"
+            )
+        return f"{driver}://{rest}"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _supported_store(cls, url: str) -> str:
+        scheme, separator, rest = url.partition("://")
+        if (
+            not separator
+            or scheme.lower() not in ("file", "s3")
+            or (scheme.lower() == "s3" and not rest.strip("/"))
+        ):
+            raise ValueError(f"unsupported storage URL {url!r}: use file://directory or s3://bucket/prefix")
+        return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _listed_origins(cls, origins: str) -> str:
+        for origin in (item.strip() for item in origins.split(",")):
+            if origin == "*":
+                # Every call carries a credential; a wildcard would let any web page use a
+                # developer's open gateway, or a token a page got hold of.
+                raise ValueError(
+                    "`*` is not accepted: list the frontends' origins, e.g. https://chat.example.com"
+                )
+            if origin and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path")
+        return origins
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, rate: str | None) -> str | None:
+        if rate is not None and rate.strip() and (not _RATE.fullmatch(rate) or int(rate.split("/")[0]) < 1):
+            raise ValueError(f"{rate!r} is not a rate: write e.g. 600/minute (per second, minute or hour)")
+        return rate.strip() or None if rate is not None else None
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def rate(self) -> tuple[int, int] | None:
+        """(requests, period in seconds) of GATEWAY_RATE_LIMIT, or None: no limit."""
+        match = _RATE.fullmatch(self.rate_limit) if self.rate_limit else None
+        return (int(match[1]), RATE_PERIODS[match[2]]) if match else None
 
     @property
     def api_key_list(self) -> list[str]:

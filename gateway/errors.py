@@ -32,3 +32,7 @@ class Forbidden(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     code = "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(GatewayError):
+    code = "RATE_LIMITED"

@@ -66,6 +66,10 @@ class ObjectStore(ABC):
         """Close it again."""
 
     @abstractmethod
+    async def check(self) -> None:
+        """Raise unless the store can be reached now (one cheap call, for /readyz)."""
+
+    @abstractmethod
     async def put(
         self, key: str, chunks: AsyncIterator[bytes], *, content_type: str | None, max_bytes: int
     ) -> int:
@@ -136,6 +140,11 @@ class LocalStore(ObjectStore):
     @property
     def location(self) -> str:
         return self.root.as_uri()
+
+    async def check(self) -> None:
+        # Uploads create the directory, so it may not exist yet; what fails is a path that
+        # cannot be one (a file in its place, a read-only or missing mount).
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -214,6 +223,10 @@ class S3Store(ObjectStore):
     async def close(self) -> None:
         await self._exit_stack.aclose()
         self._client = None
+
+    async def check(self) -> None:
+        client = await self.client()
+        await client.head_bucket(Bucket=self.bucket)
 
     async def client(self) -> Any:
         if self._client is None:

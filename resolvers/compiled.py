@@ -450,6 +450,7 @@ MARKED_URL = re.compile('"' + re.escape(json_reads.SIGN_MARKER) + r'(?:[^"\\]|\\
 @dataclass(frozen=True)
 class CompiledAnswer:
     body: bytes
+    operation: str | None  # the operation's name, for the log and the metrics
     signed_urls: list[str]  # the element URLs signed for this answer (the verify mode's exception)
 
 
@@ -511,7 +512,9 @@ class CompiledReads:
             data, signed = await self._sign_urls(data, base_url)
         self.hits += 1
         extensions = orjson.dumps({"cost": {"requested": cost, "maximum": self.limits.max_cost}})
-        return CompiledAnswer(b'{"data":' + data.encode() + b',"extensions":' + extensions + b"}", signed)
+        body = b'{"data":' + data.encode() + b',"extensions":' + extensions + b"}"
+        name = template.operation.name
+        return CompiledAnswer(body, name.value if name else None, signed)
 
     async def _sign_urls(self, data: str, base_url: str) -> tuple[str, list[str]]:
         """Elements' URLs signed now, in place of the markers the database wrote for them."""

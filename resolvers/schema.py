@@ -8,6 +8,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
+from gateway.observability import OperationInfo
 from resolvers.documents import CachedDocuments
 from resolvers.elements.mutations import ElementMutations
 from resolvers.elements.queries import ElementQueries
@@ -39,7 +40,8 @@ def build_schema(**kwargs: Any) -> strawberry.Schema:
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
-        extensions=[ErrorCodes, RequestChecks, QueryLimits, CachedDocuments],
+        # OperationInfo first: it finishes last, so it sees the codes ErrorCodes gives.
+        extensions=[OperationInfo, ErrorCodes, RequestChecks, QueryLimits, CachedDocuments],
         config=StrawberryConfig(scalar_map=SCALARS),
         **kwargs,
     )
