@@ -11,12 +11,13 @@ introspection, `@skip`/`@include`), an argument the resolvers would refuse, vari
 coerce, a limit exceeded, a database error. The contract never depends on the compiler.
 """
 
+import functools
 import json
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import strawberry
@@ -35,7 +36,9 @@ from graphql import (
     specified_rules,
 )
 from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
-from strawberry.types.arguments import convert_arguments
+from strawberry.types.arguments import StrawberryArgument, convert_arguments
+from strawberry.types.enum import StrawberryEnumDefinition
+from strawberry.utils.str_converters import to_camel_case
 
 from gateway.attachments import Attachments
 from gateway.data import json_reads
@@ -146,12 +149,46 @@ class Arguments:
         if not any(isinstance(value, dict) for value in values.values()):
             return values  # scalars only (page sizes, cursors, ids): nothing to convert, same names
         definition = field.extensions["strawberry-definition"]
-        return convert_arguments(
-            values,
-            definition.arguments,
-            scalar_registry=self.schema.schema_converter.scalar_registry,
-            config=self.schema.config,
-        )
+        converted: dict[str, Any] = {}
+        for argument in definition.arguments:
+            name = self.schema.config.name_converter.from_argument(argument)
+            if name not in values:
+                continue
+            value = values[name]
+            if isinstance(value, dict):
+                plain = _plain_input(argument)
+                if plain is None:  # enums, nested inputs: strawberry's own conversion
+                    return convert_arguments(
+                        values,
+                        definition.arguments,
+                        scalar_registry=self.schema.schema_converter.scalar_registry,
+                        config=self.schema.config,
+                    )
+                input_class, attributes = plain
+                value = input_class(**{attributes[key]: item for key, item in value.items()})
+            converted[argument.python_name] = value
+        return converted
+
+
+@functools.cache  # by identity: the schema's arguments live as long as the process
+def _plain_input(argument: StrawberryArgument) -> tuple[type, dict[str, str]] | None:
+    """An input argument whose fields are all scalars or lists of scalars (a filter), as its class
+    and its fields' Python names by GraphQL name: graphql-core has parsed every value already, so
+    the instance is made directly (strawberry's general conversion costs more than the read)."""
+    argument_type = argument.type
+    input_class = getattr(argument_type, "of_type", argument_type)
+    definition = getattr(input_class, "__strawberry_definition__", None)
+    if definition is None or not definition.is_input:
+        return None
+    attributes: dict[str, str] = {}
+    for item in definition.fields:
+        item_type = item.type
+        while hasattr(item_type, "of_type"):  # optional, list
+            item_type = item_type.of_type
+        if isinstance(item_type, StrawberryEnumDefinition) or hasattr(item_type, "__strawberry_definition__"):
+            return None
+        attributes[item.graphql_name or to_camel_case(item.python_name)] = item.python_name
+    return cast(type, input_class), attributes
 
 
 class _Translator:
