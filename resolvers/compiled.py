@@ -43,6 +43,7 @@ from strawberry.utils.str_converters import to_camel_case
 from gateway.attachments import Attachments
 from gateway.data import json_reads
 from gateway.data.access import Access
+from gateway.data.pagination import PageRequest
 from gateway.data.threads import ThreadFilter
 from gateway.database import Database
 from gateway.errors import GatewayError
@@ -354,9 +355,7 @@ class _Translator:
 
         def bind(arguments: Arguments) -> json_reads.Member:
             values = arguments.of(field, node)
-            request = page_request(
-                values.get("first"), values.get("after"), values.get("last"), values.get("before")
-            )
+            request = _page_of(values)
             step_filter = values.get("filter_")
             return json_reads.Listing(
                 key,
@@ -399,9 +398,7 @@ class _Translator:
 
         def bind(arguments: Arguments) -> json_reads.RootMember:
             values = arguments.of(field, node)
-            request = page_request(
-                values.get("first"), values.get("after"), values.get("last"), values.get("before")
-            )
+            request = _page_of(values)
             thread_filter = values["filter_"].to_filter() if values.get("filter_") else ThreadFilter()
             order = values.get("order_by") or ThreadOrder()
             return json_reads.ThreadList(
@@ -430,6 +427,10 @@ class _Translator:
             return json_reads.ById(key, table, parse_id(values["id"], "id"), selection(arguments))  # type: ignore[arg-type]
 
         return bind
+
+
+def _page_of(values: dict[str, Any]) -> PageRequest:
+    return page_request(values.get("first"), values.get("after"), values.get("last"), values.get("before"))
 
 
 def _constant(value: Any) -> Callable[[Arguments], Any]:
