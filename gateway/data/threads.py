@@ -213,14 +213,26 @@ async def upsert_thread(
 async def ensure_thread(session: AsyncSession, *, thread_id: str, access: Access, now: str) -> None:
     """Create an empty thread when a step arrives before its thread (Chainlit queues them so); a
     user's is theirs. Whether an existing thread may be written is for the caller to check."""
-    statement = insert(session, threads_table).values(
-        id=thread_id,
-        createdAt=now,
-        updatedAt=now,
-        userId=access.user_id,
-        userIdentifier=access.user_identifier,
-    )
-    await session.execute(statement.on_conflict_do_nothing(index_elements=[threads_table.c.id]))
+    row = new_thread_row(thread_id, access, now)
+    await session.execute(insert_missing_threads(session).values(row))
+
+
+def new_thread_row(thread_id: str, access: Access, now: str) -> dict[str, Any]:
+    """The row of an empty thread a step (or element) creates: the caller's, if a user."""
+    return {
+        "id": thread_id,
+        "createdAt": now,
+        "updatedAt": now,
+        "userId": access.user_id,
+        "userIdentifier": access.user_identifier,
+    }
+
+
+def insert_missing_threads(session: AsyncSession) -> Any:
+    """INSERT of `new_thread_row`s that leaves existing threads alone: give it `.values(row)`, or
+    run it with many rows (one multi-row statement)."""
+    statement = insert(session, threads_table)
+    return statement.on_conflict_do_nothing(index_elements=[threads_table.c.id])
 
 
 async def delete_thread(session: AsyncSession, *, thread_id: str, access: Access) -> list[str]:
