@@ -1,6 +1,7 @@
 """Steps: a thread's steps page by page (many threads in one statement), partial upserts that are
 safe against concurrent writers, streamed output, and deletion of a step with its descendants."""
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,9 @@ from gateway.data.common import (
     KEEP,
     Keep,
     changed,
+    dialect_insert,
     dialect_name,
     given,
-    insert,
     metadata_patch_to_new,
     update_values,
 )
@@ -309,12 +310,18 @@ def _deleted_keys(fields: dict[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(key for key, value in fields.get("metadata", {}).items() if value is None))
 
 
-def _upsert(session: AsyncSession, *, fields: Sequence[str], deleted_keys: Sequence[str]) -> Any:
+@functools.lru_cache(maxsize=512)
+def _upsert(
+    dialect: str, fields: tuple[str, ...], deleted_keys: tuple[str, ...], new_thread: bool = False
+) -> Any:
     """INSERT .. ON CONFLICT DO UPDATE of `fields` taken from the row proposed (`excluded`), so one
-    statement serves one row or many. Only a real change updates (and so fires the trigger that
-    moves the thread's `updatedAt`); rows of another thread are never touched. Either way RETURNING
-    leaves the row out, for the caller to tell the cases apart."""
-    statement = insert(session, steps_table)
+    statement serves one row or many (the rows come as parameters). Only a real change updates (and
+    so fires the trigger that moves the thread's `updatedAt`); rows of another thread are never
+    touched. Either way RETURNING leaves the row out, for the caller to tell the cases apart.
+
+    `new_thread` (PostgreSQL): the same statement also creates the row's thread if missing, from
+    the `_new_thread_parameters`. Built once per shape, so SQLAlchemy finds it compiled at once."""
+    statement = dialect_insert(dialect, steps_table)
     excluded = statement.excluded
     set_: dict[str, Any] = {}
     for name in fields:
@@ -335,7 +342,28 @@ def _upsert(session: AsyncSession, *, fields: Sequence[str], deleted_keys: Seque
         )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=[steps_table.c.id])
+    if new_thread:
+        # INSERT .. SELECT of parameters: an INSERT .. VALUES in the WITH would take the step's
+        # parameters for the thread's columns of the same names.
+        parameters = [
+            sa.bindparam(f"new_thread_{name}", type_=threads_table.c[name].type)
+            for name in NEW_THREAD_COLUMNS
+        ]
+        thread = dialect_insert(dialect, threads_table).from_select(
+            NEW_THREAD_COLUMNS, sa.select(*parameters)
+        )
+        statement = statement.add_cte(
+            thread.on_conflict_do_nothing(index_elements=[threads_table.c.id]).cte("new_thread")
+        )
     return statement.returning(*steps_table.c)
+
+
+NEW_THREAD_COLUMNS = ("id", "createdAt", "updatedAt", "userId", "userIdentifier")
+
+
+def _new_thread_parameters(thread_id: str, access: Access, now: str) -> dict[str, Any]:
+    row = new_thread_row(thread_id, access, now)
+    return {f"new_thread_{name}": row[name] for name in NEW_THREAD_COLUMNS}
 
 
 def _new_row(step_id: str, thread_id: str, fields: dict[str, Any], now: str) -> dict[str, Any]:
@@ -383,15 +411,14 @@ async def upsert_step(
     if thread_id is None:
         row = await _update_step(session, step_id=step_id, fields=fields)
     else:
-        statement = _upsert(session, fields=list(fields), deleted_keys=_deleted_keys(fields)).values(
-            _new_row(step_id, thread_id, fields, now)
-        )
-        if create_thread and dialect_name(session) == "postgresql":
-            new_thread = insert_missing_threads(session).values(new_thread_row(thread_id, access, now))
-            statement = statement.add_cte(new_thread.cte("new_thread"))
+        dialect, parameters = dialect_name(session), _new_row(step_id, thread_id, fields, now)
+        in_one = create_thread and dialect == "postgresql"
+        if in_one:
+            parameters.update(_new_thread_parameters(thread_id, access, now))
         elif create_thread:  # SQLite runs no INSERT inside WITH
             await ensure_thread(session, thread_id=thread_id, access=access, now=now)
-        row = (await session.execute(statement)).one_or_none()
+        statement = _upsert(dialect, tuple(fields), _deleted_keys(fields), in_one)
+        row = (await session.execute(statement, parameters)).one_or_none()
     if row is not None:
         return row
     row = await _existing_step(session, step_id)
@@ -503,12 +530,12 @@ async def _ingest_batch(
     created: set[str] = set()
     if new_threads:
         rows = [new_thread_row(thread_id, access, now) for thread_id, now in new_threads.items()]
-        statement = insert_missing_threads(session).returning(threads_table.c.id)
+        statement = insert_missing_threads(dialect_name(session)).returning(threads_table.c.id)
         created = set((await session.execute(statement, rows)).scalars())
     for groups in rounds:
         unanswered: list[int] = []
         for (names, deleted_keys), indexes in groups.items():
-            statement = _upsert(session, fields=names, deleted_keys=deleted_keys)
+            statement = _upsert(dialect_name(session), names, deleted_keys)
             rows = [
                 _new_row(writes[index].step_id, thread_of[index], fields_of[index], writes[index].now)
                 for index in indexes

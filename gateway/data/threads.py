@@ -1,6 +1,7 @@
 """Threads: the filtered, keyset-paginated thread list, partial upserts, and deletion with all
 that hangs off a thread."""
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from gateway.data.common import (
     KEEP,
     Keep,
     changed,
+    dialect_insert,
+    dialect_name,
     from_row,
     given,
     insert,
@@ -213,8 +216,8 @@ async def upsert_thread(
 async def ensure_thread(session: AsyncSession, *, thread_id: str, access: Access, now: str) -> None:
     """Create an empty thread when a step arrives before its thread (Chainlit queues them so); a
     user's is theirs. Whether an existing thread may be written is for the caller to check."""
-    row = new_thread_row(thread_id, access, now)
-    await session.execute(insert_missing_threads(session).values(row))
+    statement = insert_missing_threads(dialect_name(session))
+    await session.execute(statement, new_thread_row(thread_id, access, now))
 
 
 def new_thread_row(thread_id: str, access: Access, now: str) -> dict[str, Any]:
@@ -228,10 +231,11 @@ def new_thread_row(thread_id: str, access: Access, now: str) -> dict[str, Any]:
     }
 
 
-def insert_missing_threads(session: AsyncSession) -> Any:
-    """INSERT of `new_thread_row`s that leaves existing threads alone: give it `.values(row)`, or
-    run it with many rows (one multi-row statement)."""
-    statement = insert(session, threads_table)
+@functools.cache
+def insert_missing_threads(dialect: str) -> Any:
+    """INSERT of `new_thread_row`s (the parameters: one, or many for one multi-row statement) that
+    leaves existing threads alone. Built once per database."""
+    statement = dialect_insert(dialect, threads_table)
     return statement.on_conflict_do_nothing(index_elements=[threads_table.c.id])
 
 
