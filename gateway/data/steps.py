@@ -567,16 +567,26 @@ async def _ingest_batch(
     ]
 
 
-async def append_step_output(session: AsyncSession, *, step_id: str, delta: str, access: Access) -> StepRow:
-    """Append streamed tokens in the database itself, so concurrent appends all land. One statement
-    (a user's access is a condition of it); only a refusal costs one more, to tell why."""
-    statement = (
+@functools.cache
+def _append_output() -> Any:
+    """UPDATE appending `delta` to the step `step_id`'s output (parameters): built once."""
+    step_id = sa.bindparam("step_id", type_=steps_table.c.id.type)
+    delta = sa.bindparam("delta", type_=sa.Text())
+    return (
         sa.update(steps_table)
-        .where(steps_table.c.id == step_id, *access.writable_steps())
+        .where(steps_table.c.id == step_id)
         .values(output=sa.func.coalesce(steps_table.c.output, "") + delta)
         .returning(*steps_table.c)
     )
-    row = (await session.execute(statement)).one_or_none()
+
+
+async def append_step_output(session: AsyncSession, *, step_id: str, delta: str, access: Access) -> StepRow:
+    """Append streamed tokens in the database itself, so concurrent appends all land. One statement
+    (a user's access is a condition of it); only a refusal costs one more, to tell why."""
+    statement = _append_output()
+    if not access.everything:
+        statement = statement.where(*access.writable_steps())
+    row = (await session.execute(statement, {"step_id": step_id, "delta": delta})).one_or_none()
     if row is None:
         await _writable_step(session, step_id=step_id, access=access, missing=_missing_step(step_id))
         raise _missing_step(step_id)
