@@ -2,7 +2,7 @@
 
 import asyncio
 
-from tests.conftest import Api, new_uuid
+from tests.conftest import Api, new_uuid, user_token
 
 STEP_FIELDS = (
     "id threadId parentId name type input output isError streaming metadata tags createdAt showInput"
@@ -278,3 +278,97 @@ async def test_each_thread_in_a_list_gets_its_own_page_of_steps(api: Api) -> Non
         assert [step["node"]["id"] for step in node["oldest"]["edges"]] == ids[:2]
         assert node["latest"]["pageInfo"]["hasPreviousPage"] and node["oldest"]["pageInfo"]["hasNextPage"]
     assert len(data["threads"]["edges"]) == 4
+
+
+INGEST = (
+    "mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index id "
+    f"step {{ {STEP_FIELDS} }} error {{ code message }} }} }}"
+)
+
+
+async def test_a_batch_repeating_an_id_applies_each_write_on_top_of_the_earlier(api: Api) -> None:
+    thread_id, step_id, other = new_uuid(), new_uuid(), new_uuid()
+    batch = [
+        {"id": step_id, "threadId": thread_id, "name": "a", "type": "run", "metadata": {"x": 1, "y": 1}},
+        {"id": other, "threadId": thread_id, "output": "other"},
+        {"id": step_id, "threadId": thread_id, "output": "first", "metadata": {"x": None, "z": 3}},
+        {"id": step_id, "output": "second", "metadata": {"y": None}},  # no threadId: an update
+        {"id": step_id, "threadId": thread_id, "output": "second"},  # changes nothing
+        {"id": step_id, "threadId": new_uuid(), "output": "moved?"},
+    ]
+    results = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert [result["index"] for result in results] == list(range(6))
+    steps = [result["step"] for result in results]
+    assert steps[0]["metadata"] == {"x": 1, "y": 1} and steps[0]["output"] is None
+    assert steps[1]["output"] == "other"
+    assert steps[2]["metadata"] == {"y": 1, "z": 3} and steps[2]["output"] == "first"
+    assert steps[3]["metadata"] == {"z": 3} and steps[3]["output"] == "second"
+    assert steps[4] == steps[3]
+    assert steps[5] is None and results[5]["error"]["code"] == "CONFLICT"
+    assert {steps[index]["createdAt"] for index in (0, 2, 3, 4)} == {steps[0]["createdAt"]}
+    assert steps[0]["name"] == steps[4]["name"] == "a"
+    assert (await api.ok(STEP, id=step_id))["step"] == steps[4]
+    assert await step_ids(api, thread_id) == [step_id, other]
+
+
+async def test_a_batch_mixing_good_and_bad_steps_writes_the_good_ones_in_order(api: Api) -> None:
+    thread_id, first, later, own_parent = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    stranger_thread = new_uuid()
+    batch = [
+        {"id": first, "output": "no thread yet"},  # the create comes later in the batch
+        {"id": first, "threadId": thread_id, "output": "created"},
+        {"id": later, "threadId": thread_id, "parentId": first, "tags": ["a"]},
+        {"id": own_parent, "threadId": thread_id, "parentId": own_parent},
+        {"id": first, "output": "updated", "isError": True},  # no threadId: the step made above
+        {"id": "nope", "threadId": thread_id},
+        {"id": new_uuid(), "threadId": stranger_thread, "type": None},
+    ]
+    results = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    codes = [result["error"]["code"] if result["error"] else None for result in results]
+    assert codes == ["NOT_FOUND", None, None, "BAD_USER_INPUT", None, "BAD_USER_INPUT", "BAD_USER_INPUT"]
+    assert results[4]["step"]["output"] == "updated" and results[4]["step"]["isError"] is True
+    assert results[2]["step"]["parentId"] == first and results[2]["step"]["tags"] == ["a"]
+    assert await step_ids(api, thread_id) == [first, later]
+    assert (await api.ok("query($id: ID!) { thread(id: $id) { id } }", id=stranger_thread))["thread"] is None
+
+
+async def test_a_retried_batch_changes_nothing(api: Api) -> None:
+    thread_id, existing = new_uuid(), new_uuid()
+    await upsert_step(api, id=existing, threadId=thread_id, name="old", type="run", metadata={"k": 1})
+    batch = [
+        {"id": existing, "threadId": thread_id, "output": "answer", "metadata": {"k": None, "n": 2}},
+        *({"id": new_uuid(), "threadId": thread_id, "output": f"turn {index}"} for index in range(5)),
+        {"id": new_uuid(), "threadId": thread_id, "metadata": {"gone": None}, "tags": []},
+    ]
+    first = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert all(result["error"] is None for result in first)
+    assert first[0]["step"]["metadata"] == {"n": 2} and first[-1]["step"]["metadata"] == {}
+    before = (await api.ok(THREAD_STEPS, id=thread_id))["thread"]
+    await asyncio.sleep(0.01)
+    again = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert again == first
+    after = (await api.ok(THREAD_STEPS, id=thread_id))["thread"]
+    assert after == before
+    assert [edge["node"]["id"] for edge in after["steps"]["edges"]] == [step["id"] for step in batch]
+
+
+async def test_a_users_batch_keeps_each_steps_access_rules(secured_api: Api) -> None:
+    alice = secured_api.with_headers(Authorization=f"Bearer {user_token('alice@example.com')}")
+    bob = secured_api.with_headers(Authorization=f"Bearer {user_token('bob@example.com')}")
+    bobs_thread, bobs_step = new_uuid(), new_uuid()
+    await bob.ok(UPSERT_STEP, input={"id": bobs_step, "threadId": bobs_thread, "output": "bob's"})
+    thread_id, step_id = new_uuid(), new_uuid()
+    batch = [
+        {"id": step_id, "threadId": thread_id, "name": "a", "type": "run"},  # her new thread
+        {"id": step_id, "output": "more"},
+        {"id": new_uuid(), "threadId": thread_id, "parentId": step_id},
+        {"id": new_uuid(), "threadId": bobs_thread, "output": "into Bob's"},
+        {"id": bobs_step, "output": "Bob's step"},
+        {"id": new_uuid(), "threadId": thread_id, "parentId": bobs_step},
+    ]
+    results = (await alice.ok(INGEST, s=batch))["ingestSteps"]
+    codes = [result["error"]["code"] if result["error"] else None for result in results]
+    assert codes == [None, None, None, "NOT_FOUND", "NOT_FOUND", "BAD_USER_INPUT"]
+    assert results[1]["step"]["output"] == "more" and results[2]["step"]["parentId"] == step_id
+    assert (await bob.ok(STEP, id=bobs_step))["step"]["output"] == "bob's"
+    assert await step_ids(alice, thread_id) == [step_id, results[2]["id"]]
