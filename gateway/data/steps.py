@@ -2,7 +2,7 @@
 safe against concurrent writers, streamed output, and deletion of a step with its descendants."""
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,12 +248,66 @@ def _matches(column: sa.ColumnElement[Any], value: str | None) -> sa.ColumnEleme
     return column == value if value is not None else sa.false()
 
 
-async def _check_user_step_write(
-    session: AsyncSession, *, step_id: str, thread_id: str | None, parent_id: str | None, access: Access
+@dataclass(frozen=True)
+class _ThreadSeen:
+    """An existing thread, as far as a user's write needs it."""
+
+    owner_id: str | None
+    metadata: Any
+
+
+def _check_user_step_write(
+    access: Access,
+    *,
+    step_id: str,
+    thread_id: str | None,
+    parent_id: str | None,
+    step_thread: str | None,
+    threads: Mapping[str, _ThreadSeen],
+    parent_thread: str | None,
 ) -> bool:
     """A user writes steps only in threads of their own (a missing thread is created theirs), and
-    nests them only under steps of the same thread. One statement loads the step, its thread, the
-    thread named and the parent; returns whether the thread named is still to be created."""
+    nests them only under steps of the same thread. Decided on what was loaded: the step's thread
+    (`step_thread`, None: no such step), the existing threads among the step's and the one named,
+    the parent's thread. Returns whether the thread named is still to be created."""
+    to_create = False
+    if step_thread is not None:
+        seen = threads.get(step_thread)
+        _require_writable_step(
+            access,
+            thread_id=step_thread,
+            thread_found=seen is not None,
+            owner_id=seen.owner_id if seen else None,
+            metadata=seen.metadata if seen else None,
+            missing=_not_created(step_id) if thread_id is None else not_yours("step", step_id),
+        )
+        if thread_id is not None and step_thread != thread_id:
+            # Told before `thread_id` is looked at: the answer says nothing of that thread.
+            raise _other_thread(step_id, step_thread, thread_id)
+        thread_id = step_thread
+    elif thread_id is not None:
+        if (seen := threads.get(thread_id)) is None:
+            to_create = True
+        else:
+            check_writable_thread(
+                access,
+                thread_id=thread_id,
+                owner_id=seen.owner_id,
+                metadata=seen.metadata,
+                missing=not_yours("thread", thread_id, "threadId"),
+            )
+    if parent_id is not None and (parent_thread is None or parent_thread != thread_id):
+        # The parent must already be in the step's own thread: a user cannot hang steps under
+        # (and so into the view of) another user's conversation, nor learn whether an id exists.
+        raise BadUserInput(f"parentId {parent_id} is not a step of this step's thread", field="parentId")
+    return to_create
+
+
+async def _load_and_check_user_step_write(
+    session: AsyncSession, *, step_id: str, thread_id: str | None, parent_id: str | None, access: Access
+) -> bool:
+    """`_check_user_step_write` on the step, its thread, the thread named and the parent, loaded by
+    one statement."""
     step, step_thread = steps_table.alias("step"), threads_table.alias("step_thread")
     thread, parent = threads_table.alias("thread"), steps_table.alias("parent")
     one = sa.select(sa.literal(1).label("one")).subquery("one")
@@ -273,36 +327,20 @@ async def _check_user_step_write(
         .outerjoin(parent, _matches(parent.c.id, parent_id))
     )
     found = (await session.execute(statement)).one()
-    to_create = False
-    if found.step_thread is not None:
-        _require_writable_step(
-            access,
-            thread_id=found.step_thread,
-            thread_found=found.step_thread_found is not None,
-            owner_id=found.step_owner,
-            metadata=found.step_thread_metadata,
-            missing=_not_created(step_id) if thread_id is None else not_yours("step", step_id),
-        )
-        if thread_id is not None and found.step_thread != thread_id:
-            # Told before `thread_id` is looked at: the answer says nothing of that thread.
-            raise _other_thread(step_id, found.step_thread, thread_id)
-        thread_id = found.step_thread
-    elif thread_id is not None:
-        if found.thread_found is None:
-            to_create = True
-        else:
-            check_writable_thread(
-                access,
-                thread_id=thread_id,
-                owner_id=found.thread_owner,
-                metadata=found.thread_metadata,
-                missing=not_yours("thread", thread_id, "threadId"),
-            )
-    if parent_id is not None and (found.parent_thread is None or found.parent_thread != thread_id):
-        # The parent must already be in the step's own thread: a user cannot hang steps under
-        # (and so into the view of) another user's conversation, nor learn whether an id exists.
-        raise BadUserInput(f"parentId {parent_id} is not a step of this step's thread", field="parentId")
-    return to_create
+    threads: dict[str, _ThreadSeen] = {}
+    if found.step_thread_found is not None:
+        threads[found.step_thread] = _ThreadSeen(found.step_owner, found.step_thread_metadata)
+    if found.thread_found is not None and thread_id is not None:
+        threads[thread_id] = _ThreadSeen(found.thread_owner, found.thread_metadata)
+    return _check_user_step_write(
+        access,
+        step_id=step_id,
+        thread_id=thread_id,
+        parent_id=parent_id,
+        step_thread=found.step_thread,
+        threads=threads,
+        parent_thread=found.parent_thread,
+    )
 
 
 def _deleted_keys(fields: dict[str, Any]) -> tuple[str, ...]:
@@ -394,7 +432,7 @@ async def upsert_step(
         raise own_parent
     create_thread = thread_id is not None
     if not access.everything:
-        create_thread = await _check_user_step_write(
+        create_thread = await _load_and_check_user_step_write(
             session, step_id=step_id, thread_id=thread_id, parent_id=fields.get("parentId"), access=access
         )
         if create_thread and thread_id is not None:
