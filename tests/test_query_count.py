@@ -162,3 +162,24 @@ async def test_a_backends_batch_costs_the_same_statements_for_10_steps_as_for_10
         counts.append(sql_statements.count)
     # Where the steps are, the threads created if missing, the multi-row upsert.
     assert counts == [3, 3], sql_statements.statements
+
+
+async def test_a_users_batch_costs_the_same_statements_for_10_steps_as_for_100(
+    secured_app: Starlette, secured_api: Api
+) -> None:
+    user = secured_api.with_headers(Authorization=f"Bearer {user_token('writer')}")
+    counts = []
+    for size in (10, 100):
+        thread_id, root = new_uuid(), new_uuid()
+        await user.ok(UPSERT_STEP, i={"id": root, "threadId": thread_id})
+        batch = [
+            {"id": new_uuid(), "threadId": thread_id, "parentId": root, "output": f"{index}"}
+            for index in range(size)
+        ]
+        with statement_log(secured_app.state.db) as log:
+            results = (await user.ok(INGEST, s=batch))["ingestSteps"]
+        assert [result["error"] for result in results] == [None] * size
+        counts.append(log.count)
+    # The token's user; where the steps and parents are; their threads; the threads created if
+    # missing; the multi-row upsert.
+    assert counts == [5, 5], log.statements

@@ -357,6 +357,11 @@ async def test_a_users_batch_keeps_each_steps_access_rules(secured_api: Api) -> 
     bob = secured_api.with_headers(Authorization=f"Bearer {user_token('bob@example.com')}")
     bobs_thread, bobs_step = new_uuid(), new_uuid()
     await bob.ok(UPSERT_STEP, input={"id": bobs_step, "threadId": bobs_thread, "output": "bob's"})
+    bobs_shared, new_thread = new_uuid(), new_uuid()
+    await bob.ok(
+        "mutation($id: ID!) { upsertThread(input: {id: $id, metadata: {is_shared: true}}) { id } }",
+        id=bobs_shared,
+    )
     thread_id, step_id = new_uuid(), new_uuid()
     batch = [
         {"id": step_id, "threadId": thread_id, "name": "a", "type": "run"},  # her new thread
@@ -365,10 +370,16 @@ async def test_a_users_batch_keeps_each_steps_access_rules(secured_api: Api) -> 
         {"id": new_uuid(), "threadId": bobs_thread, "output": "into Bob's"},
         {"id": bobs_step, "output": "Bob's step"},
         {"id": new_uuid(), "threadId": thread_id, "parentId": bobs_step},
+        {"id": bobs_step, "threadId": new_thread},  # Bob's step, and a thread nobody made
+        {"id": step_id, "threadId": new_thread},  # her step, in another thread
+        {"id": new_uuid(), "threadId": bobs_shared},
     ]
     results = (await alice.ok(INGEST, s=batch))["ingestSteps"]
     codes = [result["error"]["code"] if result["error"] else None for result in results]
-    assert codes == [None, None, None, "NOT_FOUND", "NOT_FOUND", "BAD_USER_INPUT"]
+    refused = ["NOT_FOUND", "NOT_FOUND", "BAD_USER_INPUT", "NOT_FOUND", "CONFLICT", "FORBIDDEN"]
+    assert codes == [None, None, None, *refused]
+    thread = "query($id: ID!) { thread(id: $id) { id } }"
+    assert (await alice.ok(thread, id=new_thread))["thread"] is None
     assert results[1]["step"]["output"] == "more" and results[2]["step"]["parentId"] == step_id
     assert (await bob.ok(STEP, id=bobs_step))["step"]["output"] == "bob's"
     assert await step_ids(alice, thread_id) == [step_id, results[2]["id"]]

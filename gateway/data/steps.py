@@ -3,11 +3,10 @@ safe against concurrent writers, streamed output, and deletion of a step with it
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.data.access import Access, check_writable_thread, not_yours, require_writable_thread
@@ -490,109 +489,144 @@ async def _existing_step(session: AsyncSession, step_id: str) -> StepRow:
     return row
 
 
+@dataclass
+class _Replay:
+    """A batch's writes replayed in order on what the database held when the batch began (loaded
+    up front) and what the batch's earlier writes made: each write's thread, or why it fails,
+    decided before anything is written."""
+
+    access: Access
+    steps: dict[str, str]  # step id: its thread
+    threads: dict[str, _ThreadSeen]  # for a user's batch, the threads the checks look at
+    new_threads: dict[str, str] = field(default_factory=dict)  # thread id: createdAt, if missing
+    users_new_threads: set[str] = field(default_factory=set)  # a user's writes make these
+
+    @classmethod
+    async def load(
+        cls,
+        session: AsyncSession,
+        *,
+        writes: Sequence[StepWrite],
+        fields_of: list[dict[str, Any]],
+        access: Access,
+    ) -> "_Replay":
+        ids = {write.step_id for write in writes}
+        if not access.everything:
+            ids |= {fields["parentId"] for fields in fields_of if fields.get("parentId")}
+        lookup = (
+            sa.select(steps_table.c.id, steps_table.c.threadId)
+            .where(steps_table.c.id.in_(sorted(ids)))
+            .order_by(steps_table.c.id)
+            # Neither deleted nor moved until commit: a write without threadId updates, never creates.
+            .with_for_update(read=True, key_share=True)
+        )
+        steps = {row.id: row.threadId for row in await session.execute(lookup)}
+        threads: dict[str, _ThreadSeen] = {}
+        if not access.everything:
+            thread_ids = {write.thread_id for write in writes if write.thread_id} | set(steps.values())
+            columns = (threads_table.c.id, threads_table.c.userId, threads_table.c.metadata)
+            seen = sa.select(*columns).where(threads_table.c.id.in_(sorted(thread_ids)))
+            threads = {row.id: _ThreadSeen(row.userId, row.metadata) for row in await session.execute(seen)}
+        return cls(access, steps, threads)
+
+    def thread_of(self, write: StepWrite, fields: dict[str, Any]) -> str:
+        """The thread the write goes to (noting what it makes), or its error raised."""
+        if (own_parent := _own_parent(write.step_id, fields)) is not None:
+            raise own_parent
+        stored = self.steps.get(write.step_id)
+        if not self.access.everything:
+            parent_id = fields.get("parentId")
+            creates = _check_user_step_write(
+                self.access,
+                step_id=write.step_id,
+                thread_id=write.thread_id,
+                parent_id=parent_id,
+                step_thread=stored,
+                threads=self.threads,
+                parent_thread=self.steps.get(parent_id) if parent_id else None,
+            )
+            if creates and write.thread_id is not None:
+                self.threads[write.thread_id] = _ThreadSeen(self.access.user_id, None)
+                self.users_new_threads.add(write.thread_id)
+        if write.thread_id is None:
+            if stored is None:
+                raise _not_created(write.step_id)
+            return stored
+        if stored is not None and stored != write.thread_id:
+            raise _other_thread(write.step_id, stored, write.thread_id)
+        self.new_threads.setdefault(write.thread_id, write.now)
+        self.steps[write.step_id] = write.thread_id
+        return write.thread_id
+
+
 async def ingest_steps(
     session: AsyncSession, *, writes: Sequence[StepWrite], access: Access
 ) -> list[StepRow | GatewayError]:
     """Upsert each step on its own: one outcome per write, in order (the step, or why it was not
-    written); a failing write changes nothing, the others land, and a write repeating an id applies
-    on top of the earlier one.
+    written, as `upsert_step` would tell); a failing write changes nothing, the others land, and a
+    write repeating an id applies on top of the earlier one.
 
-    A backend's batch costs a number of statements bounded by its shape (the distinct sets of
-    fields given, how often an id repeats), not by its length. A user's goes write by write
-    through `upsert_step`'s checks, each in a savepoint."""
-    if access.everything:
-        return await _ingest_batch(session, writes=writes, access=access)
-    return [await _upsert_alone(session, write=write, access=access) for write in writes]
-
-
-async def _upsert_alone(session: AsyncSession, *, write: StepWrite, access: Access) -> StepRow | GatewayError:
-    try:
-        async with session.begin_nested():
-            return await upsert_step(
-                session,
-                step_id=write.step_id,
-                thread_id=write.thread_id,
-                changes=write.changes,
-                access=access,
-                now=write.now,
-            )
-    except GatewayError as error:
-        return error
-    except IntegrityError:
-        return Conflict("the step conflicts with existing data")
-
-
-async def _ingest_batch(
-    session: AsyncSession, *, writes: Sequence[StepWrite], access: Access
-) -> list[StepRow | GatewayError]:
-    """A backend's batch: where its steps are now (one statement, which also keeps them there until
-    commit), then every outcome that needs no write is decided in Python (the batch replayed in
-    order), the threads named are created if missing (one statement), and the upserts run as one
-    multi-row statement per round (an id's second write goes in the second round) and set of
-    fields, each followed, only if needed, by one read of the rows RETURNING left out."""
+    The statements are bounded by the batch's shape, not its length: where its steps are (and, for a
+    user, the threads the access checks look at), the threads named created if missing, then one
+    multi-row upsert per round (an id's second write goes in the second round) and set of fields
+    given, each followed, only when RETURNING left rows out (unchanged, or of another thread), by
+    one read of them."""
     outcomes: list[StepRow | GatewayError | None] = [None] * len(writes)
     fields_of = [given(write.changes) for write in writes]
-    lookup = (
-        sa.select(steps_table.c.id, steps_table.c.threadId)
-        .where(steps_table.c.id.in_(sorted({write.step_id for write in writes})))
-        .order_by(steps_table.c.id)
-        # Neither deleted nor moved until commit: a write without threadId updates, never creates.
-        .with_for_update(read=True, key_share=True)
-    )
-    where: dict[str, str] = {row.id: row.threadId for row in await session.execute(lookup)}
+    replay = await _Replay.load(session, writes=writes, fields_of=fields_of, access=access)
     thread_of: dict[int, str] = {}
-    new_threads: dict[str, str] = {}
     rounds: list[dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]]] = []
     repeats: dict[str, int] = {}
     for index, write in enumerate(writes):
-        fields, stored = fields_of[index], where.get(write.step_id)
-        if (own_parent := _own_parent(write.step_id, fields)) is not None:
-            outcomes[index] = own_parent
+        try:
+            thread_of[index] = replay.thread_of(write, fields_of[index])
+        except GatewayError as error:
+            outcomes[index] = error
             continue
-        if write.thread_id is None:
-            if stored is None:
-                outcomes[index] = _not_created(write.step_id)
-                continue
-        elif stored is not None and stored != write.thread_id:
-            outcomes[index] = _other_thread(write.step_id, stored, write.thread_id)
-            continue
-        else:
-            new_threads.setdefault(write.thread_id, write.now)
-            where[write.step_id] = write.thread_id
-        thread_of[index] = where[write.step_id]
         round_ = repeats.get(write.step_id, 0)
         repeats[write.step_id] = round_ + 1
         if round_ == len(rounds):
             rounds.append({})
-        rounds[round_].setdefault((tuple(fields), _deleted_keys(fields)), []).append(index)
+        rounds[round_].setdefault((tuple(fields_of[index]), _deleted_keys(fields_of[index])), []).append(
+            index
+        )
+    dialect = dialect_name(session)
     created: set[str] = set()
-    if new_threads:
-        rows = [new_thread_row(thread_id, access, now) for thread_id, now in new_threads.items()]
-        statement = insert_missing_threads(dialect_name(session)).returning(threads_table.c.id)
+    if replay.new_threads:
+        rows = [new_thread_row(thread_id, access, now) for thread_id, now in replay.new_threads.items()]
+        statement = insert_missing_threads(dialect).returning(threads_table.c.id)
         created = set((await session.execute(statement, rows)).scalars())
+    if not replay.users_new_threads <= created:
+        # Someone made one of the user's new threads since the batch looked: its writes were
+        # decided on a thread that is not theirs.
+        raise Conflict("a concurrent write to the same rows won; retry the request", retryable=True)
     for groups in rounds:
         unanswered: list[int] = []
         for (names, deleted_keys), indexes in groups.items():
-            statement = _upsert(dialect_name(session), names, deleted_keys)
             rows = [
                 _new_row(writes[index].step_id, thread_of[index], fields_of[index], writes[index].now)
                 for index in indexes
             ]
-            returned = {row.id: row for row in await session.execute(statement, rows)}
+            written = await session.execute(_upsert(dialect, names, deleted_keys), rows)
+            returned = {row.id: row for row in written}
             for index in indexes:
                 outcomes[index] = returned.get(writes[index].step_id)
                 if outcomes[index] is None:
                     unanswered.append(index)
         if unanswered:
-            ids = {writes[index].step_id for index in unanswered}
-            current = sa.select(*steps_table.c).where(steps_table.c.id.in_(sorted(ids)))
-            stored_rows = {row.id: row for row in await session.execute(current)}
+            ids = sorted({writes[index].step_id for index in unanswered})
+            current = {row.id: row for row in await session.execute(_steps_by_ids(), {"ids": ids})}
             for index in unanswered:
-                write, row = writes[index], stored_rows.get(writes[index].step_id)
+                write, row = writes[index], current.get(writes[index].step_id)
                 if row is None:  # pragma: no cover - locked, or just written
                     outcomes[index] = _not_created(write.step_id)
-                elif row.threadId != thread_of[index]:  # created since the lookup, in another thread
-                    outcomes[index] = _other_thread(write.step_id, row.threadId, write.thread_id)
+                elif row.threadId != thread_of[index]:
+                    # Created since the batch looked, in another thread: a user is told nothing.
+                    outcomes[index] = (
+                        _other_thread(write.step_id, row.threadId, write.thread_id)
+                        if access.everything
+                        else not_yours("step", write.step_id)
+                    )
                 else:
                     outcomes[index] = row
     # A thread created only for writes that failed goes with them, as if each had its savepoint.
@@ -603,6 +637,12 @@ async def _ingest_batch(
         outcome if outcome is not None else _not_created(write.step_id)
         for outcome, write in zip(outcomes, writes, strict=True)
     ]
+
+
+@functools.cache
+def _steps_by_ids() -> Any:
+    ids = sa.bindparam("ids", expanding=True, type_=steps_table.c.id.type)
+    return sa.select(*steps_table.c).where(steps_table.c.id.in_(ids))
 
 
 @functools.cache
