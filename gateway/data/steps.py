@@ -243,10 +243,6 @@ def _own_parent(step_id: str, fields: dict[str, Any]) -> BadUserInput | None:
     return None
 
 
-def _matches(column: sa.ColumnElement[Any], value: str | None) -> sa.ColumnElement[bool]:
-    return column == value if value is not None else sa.false()
-
-
 @dataclass(frozen=True)
 class _ThreadSeen:
     """An existing thread, as far as a user's write needs it."""
@@ -302,15 +298,18 @@ def _check_user_step_write(
     return to_create
 
 
-async def _load_and_check_user_step_write(
-    session: AsyncSession, *, step_id: str, thread_id: str | None, parent_id: str | None, access: Access
-) -> bool:
-    """`_check_user_step_write` on the step, its thread, the thread named and the parent, loaded by
-    one statement."""
+@functools.cache
+def _user_write_check(thread_given: bool, parent_given: bool) -> Any:
+    """The step `step_id` with its thread, the thread `thread_id`, the step `parent_id` (parameters),
+    each NULL when missing, in one row. Built once per shape."""
     step, step_thread = steps_table.alias("step"), threads_table.alias("step_thread")
     thread, parent = threads_table.alias("thread"), steps_table.alias("parent")
+
+    def matches(column: sa.ColumnElement[Any], name: str, given: bool) -> sa.ColumnElement[bool]:
+        return column == sa.bindparam(name, type_=column.type) if given else sa.false()
+
     one = sa.select(sa.literal(1).label("one")).subquery("one")
-    statement = sa.select(
+    return sa.select(
         step.c.threadId.label("step_thread"),
         step_thread.c.id.label("step_thread_found"),
         step_thread.c.userId.label("step_owner"),
@@ -320,12 +319,21 @@ async def _load_and_check_user_step_write(
         thread.c.metadata.label("thread_metadata"),
         parent.c.threadId.label("parent_thread"),
     ).select_from(
-        one.outerjoin(step, step.c.id == step_id)
+        one.outerjoin(step, matches(step.c.id, "step_id", True))
         .outerjoin(step_thread, step_thread.c.id == step.c.threadId)
-        .outerjoin(thread, _matches(thread.c.id, thread_id))
-        .outerjoin(parent, _matches(parent.c.id, parent_id))
+        .outerjoin(thread, matches(thread.c.id, "thread_id", thread_given))
+        .outerjoin(parent, matches(parent.c.id, "parent_id", parent_given))
     )
-    found = (await session.execute(statement)).one()
+
+
+async def _load_and_check_user_step_write(
+    session: AsyncSession, *, step_id: str, thread_id: str | None, parent_id: str | None, access: Access
+) -> bool:
+    """`_check_user_step_write` on the step, its thread, the thread named and the parent, loaded by
+    one statement."""
+    statement = _user_write_check(thread_id is not None, parent_id is not None)
+    parameters = {"step_id": step_id, "thread_id": thread_id, "parent_id": parent_id}
+    found = (await session.execute(statement, parameters)).one()
     threads: dict[str, _ThreadSeen] = {}
     if found.step_thread_found is not None:
         threads[found.step_thread] = _ThreadSeen(found.step_owner, found.step_thread_metadata)
