@@ -383,3 +383,22 @@ async def test_a_users_batch_keeps_each_steps_access_rules(secured_api: Api) -> 
     assert results[1]["step"]["output"] == "more" and results[2]["step"]["parentId"] == step_id
     assert (await bob.ok(STEP, id=bobs_step))["step"]["output"] == "bob's"
     assert await step_ids(alice, thread_id) == [step_id, results[2]["id"]]
+
+
+async def test_concurrent_batches_over_the_same_steps_in_opposite_orders_both_land(api: Api) -> None:
+    thread_id = new_uuid()
+    ids = [new_uuid() for _ in range(20)]
+    await api.ok(INGEST, s=[{"id": step_id, "threadId": thread_id} for step_id in ids])
+    batches = [
+        [{"id": step_id, "threadId": thread_id, "output": f"{name} {step_id}"} for step_id in order]
+        for name, order in (("a", ids), ("b", ids[::-1]))
+    ]
+    responses = await asyncio.gather(*(api.post(INGEST, {"s": batch}) for batch in batches))
+    bodies = [response.json() for response in responses]
+    assert all(not body.get("errors") for body in bodies), bodies
+    assert all(result["error"] is None for body in bodies for result in body["data"]["ingestSteps"])
+    outputs = {
+        step["node"]["output"].split()[0]
+        for step in (await api.ok(THREAD_STEPS, id=thread_id, first=20))["thread"]["steps"]["edges"]
+    }
+    assert len(outputs) == 1, "one batch landed whole, then the other"

@@ -601,7 +601,9 @@ async def ingest_steps(
     dialect = dialect_name(session)
     created: set[str] = set()
     if replay.new_threads:
-        rows = [new_thread_row(thread_id, access, now) for thread_id, now in replay.new_threads.items()]
+        # Rows in id order, as every batch writes them, so that batches sharing rows do not deadlock.
+        new_threads = sorted(replay.new_threads.items())
+        rows = [new_thread_row(thread_id, access, now) for thread_id, now in new_threads]
         statement = insert_missing_threads(dialect).returning(threads_table.c.id)
         created = set((await session.execute(statement, rows)).scalars())
     if not replay.users_new_threads <= created:
@@ -613,7 +615,7 @@ async def ingest_steps(
         for (names, deleted_keys), indexes in groups.items():
             rows = [
                 _new_row(writes[index].step_id, thread_of[index], fields_of[index], writes[index].now)
-                for index in indexes
+                for index in sorted(indexes, key=lambda index: writes[index].step_id)
             ]
             written = await session.execute(_upsert(dialect, names, deleted_keys), rows)
             returned = {row.id: row for row in written}
