@@ -1,7 +1,11 @@
 """Steps: upserts by client id, races between writers, streamed output, batches, nesting, deletion."""
 
 import asyncio
+from typing import Any
 
+import pytest
+
+from gateway.data import steps
 from tests.conftest import Api, new_uuid, user_token
 
 STEP_FIELDS = (
@@ -402,3 +406,30 @@ async def test_concurrent_batches_over_the_same_steps_in_opposite_orders_both_la
         for step in (await api.ok(THREAD_STEPS, id=thread_id, first=20))["thread"]["steps"]["edges"]
     }
     assert len(outputs) == 1, "one batch landed whole, then the other"
+
+
+async def test_a_step_made_in_another_thread_while_a_batch_runs_is_a_conflict_that_leaves_nothing(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch decides on where its steps were when it began; a step another writer makes in
+    between (here: one the batch is made not to see) is told apart by RETURNING, and the thread
+    created for it alone goes away again."""
+    elsewhere, step_id, new_thread, good = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    await upsert_step(api, id=step_id, threadId=elsewhere, output="theirs")
+    load = steps._Replay.load
+
+    async def stale_load(*args: Any, **kwargs: Any) -> steps._Replay:
+        replay = await load(*args, **kwargs)
+        replay.steps.pop(step_id, None)
+        return replay
+
+    monkeypatch.setattr(steps._Replay, "load", stale_load)
+    batch = [
+        {"id": step_id, "threadId": new_thread, "output": "moved?"},
+        {"id": good, "threadId": elsewhere, "output": "fine"},
+    ]
+    results = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert results[0]["error"]["code"] == "CONFLICT" and elsewhere in results[0]["error"]["message"]
+    assert results[1]["step"]["output"] == "fine"
+    assert (await api.ok("query($id: ID!) { thread(id: $id) { id } }", id=new_thread))["thread"] is None
+    assert (await api.ok(STEP, id=step_id))["step"]["output"] == "theirs"
