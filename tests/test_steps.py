@@ -433,3 +433,28 @@ async def test_a_step_made_in_another_thread_while_a_batch_runs_is_a_conflict_th
     assert results[1]["step"]["output"] == "fine"
     assert (await api.ok("query($id: ID!) { thread(id: $id) { id } }", id=new_thread))["thread"] is None
     assert (await api.ok(STEP, id=step_id))["step"]["output"] == "theirs"
+
+
+async def test_a_users_new_thread_made_by_another_user_meanwhile_takes_no_step(
+    secured_api: Api, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check finds the thread missing; another user makes it before the write (here: the
+    check is made not to see it). The write, which creates the thread in the same statement, sees
+    that it did not and refuses, retryable. (SQLite lets no writer in between.)"""
+    if backend != "postgresql":
+        pytest.skip("on SQLite the transaction holds the write lock from its start")
+    alice = secured_api.with_headers(Authorization=f"Bearer {user_token('alice@example.com')}")
+    bob = secured_api.with_headers(Authorization=f"Bearer {user_token('bob@example.com')}")
+    bobs_thread, step_id = new_uuid(), new_uuid()
+    await bob.ok(UPSERT_STEP, input={"id": new_uuid(), "threadId": bobs_thread, "output": "bob's"})
+    check = steps._load_and_check_user_step_write
+
+    async def blind_check(*args: Any, **kwargs: Any) -> bool:
+        await check(*args, **{**kwargs, "thread_id": None})
+        return True
+
+    monkeypatch.setattr(steps, "_load_and_check_user_step_write", blind_check)
+    error = await alice.error(UPSERT_STEP, input={"id": step_id, "threadId": bobs_thread, "output": "x"})
+    assert error["extensions"]["code"] == "CONFLICT" and error["extensions"]["retryable"] is True
+    monkeypatch.undo()
+    assert (await bob.ok(STEP, id=step_id))["step"] is None

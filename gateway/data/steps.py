@@ -365,7 +365,8 @@ def _upsert(
     touched. Either way RETURNING leaves the row out, for the caller to tell the cases apart.
 
     `new_thread` (PostgreSQL): the same statement also creates the row's thread if missing, from
-    the `_new_thread_parameters`. Built once per shape, so SQLAlchemy finds it compiled at once."""
+    the `_new_thread_parameters`, and returns `thread_created`, whether it did. Built once per
+    shape, so SQLAlchemy finds it compiled at once."""
     statement = dialect_insert(dialect, steps_table)
     excluded = statement.excluded
     set_: dict[str, Any] = {}
@@ -397,9 +398,13 @@ def _upsert(
         thread = dialect_insert(dialect, threads_table).from_select(
             NEW_THREAD_COLUMNS, sa.select(*parameters)
         )
-        statement = statement.add_cte(
-            thread.on_conflict_do_nothing(index_elements=[threads_table.c.id]).cte("new_thread")
+        new_thread_cte = (
+            thread.on_conflict_do_nothing(index_elements=[threads_table.c.id])
+            .returning(threads_table.c.id)
+            .cte("new_thread")
         )
+        made = sa.exists(sa.select(new_thread_cte.c.id)).label("thread_created")
+        return statement.add_cte(new_thread_cte).returning(*steps_table.c, made)
     return statement.returning(*steps_table.c)
 
 
@@ -432,8 +437,8 @@ async def upsert_step(
     created. A database trigger moves the thread's `updatedAt` when the step row really changes.
 
     A backend's write is one statement on PostgreSQL (the thread is inserted in a CTE), two on
-    SQLite; a user's is one check and the write. Only a step that changed nothing, or belongs to
-    another thread, costs one statement more."""
+    SQLite; a user's is one check and the write (and, on SQLite, the new thread's insert). Only a
+    step that changed nothing, or belongs to another thread, costs one statement more."""
     fields = given(changes)
     if (own_parent := _own_parent(step_id, fields)) is not None:
         raise own_parent
@@ -442,17 +447,6 @@ async def upsert_step(
         create_thread = await _load_and_check_user_step_write(
             session, step_id=step_id, thread_id=thread_id, parent_id=fields.get("parentId"), access=access
         )
-        if create_thread and thread_id is not None:
-            # A user's first step of a new thread: checked again once created, in case another
-            # user created it since.
-            await ensure_thread(session, thread_id=thread_id, access=access, now=now)
-            await require_writable_thread(
-                session,
-                access=access,
-                thread_id=thread_id,
-                missing=not_yours("thread", thread_id, "threadId"),
-            )
-            create_thread = False
     if thread_id is None:
         row = await _update_step(session, step_id=step_id, fields=fields)
     else:
@@ -464,6 +458,10 @@ async def upsert_step(
             await ensure_thread(session, thread_id=thread_id, access=access, now=now)
         statement = _upsert(dialect, tuple(fields), _deleted_keys(fields), in_one)
         row = (await session.execute(statement, parameters)).one_or_none()
+        if in_one and not access.everything and row is not None and not row.thread_created:
+            # Someone made the thread the check found missing: the step must not land in it. (On
+            # SQLite no writer comes between: the transaction holds the write lock from its start.)
+            raise Conflict("a concurrent write to the same rows won; retry the request", retryable=True)
     if row is not None:
         return row
     row = await _existing_step(session, step_id)
