@@ -150,8 +150,11 @@ def sql_tags_contain_all(column: ColumnElement[Any], tags: list[str]) -> ColumnE
     return TAGS_CONTAIN_ALL(column, _text(json.dumps(tags)))
 
 
-def sql_json_merge(column: ColumnElement[Any], patch: dict[str, Any]) -> ColumnElement[Any]:
-    return JSON_MERGE(column, _text(json.dumps(patch)))
+def sql_json_merge(
+    column: ColumnElement[Any], patch: dict[str, Any] | ColumnElement[Any]
+) -> ColumnElement[Any]:
+    """The column merged with a patch: a dict, or a JSON column (an upsert's `excluded` row)."""
+    return JSON_MERGE(column, patch if isinstance(patch, ColumnElement) else _text(json.dumps(patch)))
 
 
 def _rendered(element: _GatewayFunction, compiler: SQLCompiler, **kw: Any) -> list[str]:

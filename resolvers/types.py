@@ -1,8 +1,9 @@
 """The object types of the graph. They reference each other (a thread's steps, a step's thread),
 so they live together; each nested field resolves through the request's batched loaders."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import sqlalchemy as sa
 import strawberry
 
 from gateway import tables
@@ -179,7 +180,9 @@ class Step:
     end: DateTime | None
 
     @classmethod
-    def from_row(cls, row: tables.Step) -> "Step":
+    def from_row(cls, row: tables.Step | sa.Row[Any]) -> "Step":
+        """From a loaded step, or from a write's RETURNING row (whose `metadata` keeps its name)."""
+        metadata = row.metadata_ if isinstance(row, tables.Step) else row._mapping["metadata"]
         return cls(
             id=strawberry.ID(row.id),
             thread_id=strawberry.ID(row.threadId),
@@ -198,7 +201,7 @@ class Step:
             default_open=row.defaultOpen,
             auto_collapse=row.autoCollapse,
             tags=list(row.tags or []),
-            metadata=JSONObject(row.metadata_ or {}),
+            metadata=JSONObject(metadata or {}),
             generation=JSONObject(row.generation) if isinstance(row.generation, dict) else None,
             created_at=DateTime(row.createdAt) if row.createdAt else None,
             start=DateTime(row.start) if row.start else None,

@@ -105,3 +105,90 @@ async def test_a_users_history_costs_one_statement_more_for_the_user_lookup(
         deep = await reader.ok(HISTORY_DEEP, user=user_id)
     assert deep["threads"]["totalCount"] == 20
     assert log.count == 1 + 1 + 9, log.statements
+
+
+# --- writes: a step's write costs statements bounded by its request's shape, never by its rows ----
+
+UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id output } }"
+APPEND = 'mutation($id: ID!) { appendStepOutput(id: $id, delta: "more") { output } }'
+INGEST = "mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index error { code } } }"
+
+
+async def test_a_backends_step_write_is_one_statement(
+    api: Api, sql_statements: StatementLog, backend: str
+) -> None:
+    thread_id, step_id = new_uuid(), new_uuid()
+    await api.ok(UPSERT_STEP, i={"id": new_uuid(), "threadId": thread_id, "name": "first", "type": "run"})
+    sql_statements.clear()
+    fields = {"id": step_id, "threadId": thread_id, "name": "a", "type": "assistant_message", "output": "x"}
+    await api.ok(UPSERT_STEP, i={**fields, "metadata": {"model": "m"}})
+    # The thread, created if missing, rides in the same statement (a CTE); SQLite runs no INSERT in
+    # a WITH, so there it is a statement of its own.
+    assert sql_statements.count == (1 if backend == "postgresql" else 2), sql_statements.statements
+    sql_statements.clear()
+    await api.ok(UPSERT_STEP, i={"id": step_id, "output": "changed"})
+    assert sql_statements.count == 1, sql_statements.statements
+    sql_statements.clear()
+    assert (await api.ok(APPEND, id=step_id))["appendStepOutput"]["output"] == "changedmore"
+    assert sql_statements.count == 1, sql_statements.statements
+
+
+async def test_a_users_step_write_is_a_check_and_the_write(
+    secured_app: Starlette, secured_api: Api, backend: str
+) -> None:
+    user = secured_api.with_headers(Authorization=f"Bearer {user_token('writer')}")
+    thread_id, step_id = new_uuid(), new_uuid()
+    await user.ok('mutation { upsertUser(input: {identifier: "writer"}) { id } }')
+    # Each request also looks up the token's user (one statement), as reads do. A new thread rides
+    # in the write's statement (on SQLite it is a statement of its own).
+    with statement_log(secured_app.state.db) as log:
+        await user.ok(UPSERT_STEP, i={"id": new_uuid(), "threadId": thread_id, "name": "first"})
+    assert log.count == 1 + (2 if backend == "postgresql" else 3), log.statements
+    with statement_log(secured_app.state.db) as log:
+        await user.ok(UPSERT_STEP, i={"id": step_id, "threadId": thread_id, "output": "x", "tags": ["t"]})
+    assert log.count == 1 + 2, log.statements
+    with statement_log(secured_app.state.db) as log:
+        assert (await user.ok(APPEND, id=step_id))["appendStepOutput"]["output"] == "xmore"
+    assert log.count == 1 + 1, log.statements
+
+
+@pytest.mark.parametrize("existing_thread", [True, False])
+async def test_a_backends_batch_costs_the_same_statements_for_10_steps_as_for_100(
+    api: Api, sql_statements: StatementLog, existing_thread: bool
+) -> None:
+    counts = []
+    for size in (10, 100):
+        thread_id = new_uuid()
+        if existing_thread:
+            await api.ok(UPSERT_STEP, i={"id": new_uuid(), "threadId": thread_id})
+        batch = [
+            {"id": new_uuid(), "threadId": thread_id, "name": "s", "type": "run", "output": f"{index}"}
+            for index in range(size)
+        ]
+        sql_statements.clear()
+        results = (await api.ok(INGEST, s=batch))["ingestSteps"]
+        assert [result["error"] for result in results] == [None] * size
+        counts.append(sql_statements.count)
+    # Where the steps are, the threads created if missing, the multi-row upsert.
+    assert counts == [3, 3], sql_statements.statements
+
+
+async def test_a_users_batch_costs_the_same_statements_for_10_steps_as_for_100(
+    secured_app: Starlette, secured_api: Api
+) -> None:
+    user = secured_api.with_headers(Authorization=f"Bearer {user_token('writer')}")
+    counts = []
+    for size in (10, 100):
+        thread_id, root = new_uuid(), new_uuid()
+        await user.ok(UPSERT_STEP, i={"id": root, "threadId": thread_id})
+        batch = [
+            {"id": new_uuid(), "threadId": thread_id, "parentId": root, "output": f"{index}"}
+            for index in range(size)
+        ]
+        with statement_log(secured_app.state.db) as log:
+            results = (await user.ok(INGEST, s=batch))["ingestSteps"]
+        assert [result["error"] for result in results] == [None] * size
+        counts.append(log.count)
+    # The token's user; where the steps and parents are; their threads; the threads created if
+    # missing; the multi-row upsert.
+    assert counts == [5, 5], log.statements

@@ -1,8 +1,12 @@
 """Steps: upserts by client id, races between writers, streamed output, batches, nesting, deletion."""
 
 import asyncio
+from typing import Any
 
-from tests.conftest import Api, new_uuid
+import pytest
+
+from gateway.data import steps
+from tests.conftest import Api, new_uuid, user_token
 
 STEP_FIELDS = (
     "id threadId parentId name type input output isError streaming metadata tags createdAt showInput"
@@ -278,3 +282,179 @@ async def test_each_thread_in_a_list_gets_its_own_page_of_steps(api: Api) -> Non
         assert [step["node"]["id"] for step in node["oldest"]["edges"]] == ids[:2]
         assert node["latest"]["pageInfo"]["hasPreviousPage"] and node["oldest"]["pageInfo"]["hasNextPage"]
     assert len(data["threads"]["edges"]) == 4
+
+
+INGEST = (
+    "mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index id "
+    f"step {{ {STEP_FIELDS} }} error {{ code message }} }} }}"
+)
+
+
+async def test_a_batch_repeating_an_id_applies_each_write_on_top_of_the_earlier(api: Api) -> None:
+    thread_id, step_id, other = new_uuid(), new_uuid(), new_uuid()
+    batch = [
+        {"id": step_id, "threadId": thread_id, "name": "a", "type": "run", "metadata": {"x": 1, "y": 1}},
+        {"id": other, "threadId": thread_id, "output": "other"},
+        {"id": step_id, "threadId": thread_id, "output": "first", "metadata": {"x": None, "z": 3}},
+        {"id": step_id, "output": "second", "metadata": {"y": None}},  # no threadId: an update
+        {"id": step_id, "threadId": thread_id, "output": "second"},  # changes nothing
+        {"id": step_id, "threadId": new_uuid(), "output": "moved?"},
+    ]
+    results = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert [result["index"] for result in results] == list(range(6))
+    steps = [result["step"] for result in results]
+    assert steps[0]["metadata"] == {"x": 1, "y": 1} and steps[0]["output"] is None
+    assert steps[1]["output"] == "other"
+    assert steps[2]["metadata"] == {"y": 1, "z": 3} and steps[2]["output"] == "first"
+    assert steps[3]["metadata"] == {"z": 3} and steps[3]["output"] == "second"
+    assert steps[4] == steps[3]
+    assert steps[5] is None and results[5]["error"]["code"] == "CONFLICT"
+    assert {steps[index]["createdAt"] for index in (0, 2, 3, 4)} == {steps[0]["createdAt"]}
+    assert steps[0]["name"] == steps[4]["name"] == "a"
+    assert (await api.ok(STEP, id=step_id))["step"] == steps[4]
+    assert await step_ids(api, thread_id) == [step_id, other]
+
+
+async def test_a_batch_mixing_good_and_bad_steps_writes_the_good_ones_in_order(api: Api) -> None:
+    thread_id, first, later, own_parent = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    stranger_thread = new_uuid()
+    batch = [
+        {"id": first, "output": "no thread yet"},  # the create comes later in the batch
+        {"id": first, "threadId": thread_id, "output": "created"},
+        {"id": later, "threadId": thread_id, "parentId": first, "tags": ["a"]},
+        {"id": own_parent, "threadId": thread_id, "parentId": own_parent},
+        {"id": first, "output": "updated", "isError": True},  # no threadId: the step made above
+        {"id": "nope", "threadId": thread_id},
+        {"id": new_uuid(), "threadId": stranger_thread, "type": None},
+    ]
+    results = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    codes = [result["error"]["code"] if result["error"] else None for result in results]
+    assert codes == ["NOT_FOUND", None, None, "BAD_USER_INPUT", None, "BAD_USER_INPUT", "BAD_USER_INPUT"]
+    assert results[4]["step"]["output"] == "updated" and results[4]["step"]["isError"] is True
+    assert results[2]["step"]["parentId"] == first and results[2]["step"]["tags"] == ["a"]
+    assert await step_ids(api, thread_id) == [first, later]
+    assert (await api.ok("query($id: ID!) { thread(id: $id) { id } }", id=stranger_thread))["thread"] is None
+
+
+async def test_a_retried_batch_changes_nothing(api: Api) -> None:
+    thread_id, existing = new_uuid(), new_uuid()
+    await upsert_step(api, id=existing, threadId=thread_id, name="old", type="run", metadata={"k": 1})
+    batch = [
+        {"id": existing, "threadId": thread_id, "output": "answer", "metadata": {"k": None, "n": 2}},
+        *({"id": new_uuid(), "threadId": thread_id, "output": f"turn {index}"} for index in range(5)),
+        {"id": new_uuid(), "threadId": thread_id, "metadata": {"gone": None}, "tags": []},
+    ]
+    first = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert all(result["error"] is None for result in first)
+    assert first[0]["step"]["metadata"] == {"n": 2} and first[-1]["step"]["metadata"] == {}
+    before = (await api.ok(THREAD_STEPS, id=thread_id))["thread"]
+    await asyncio.sleep(0.01)
+    again = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert again == first
+    after = (await api.ok(THREAD_STEPS, id=thread_id))["thread"]
+    assert after == before
+    assert [edge["node"]["id"] for edge in after["steps"]["edges"]] == [step["id"] for step in batch]
+
+
+async def test_a_users_batch_keeps_each_steps_access_rules(secured_api: Api) -> None:
+    alice = secured_api.with_headers(Authorization=f"Bearer {user_token('alice@example.com')}")
+    bob = secured_api.with_headers(Authorization=f"Bearer {user_token('bob@example.com')}")
+    bobs_thread, bobs_step = new_uuid(), new_uuid()
+    await bob.ok(UPSERT_STEP, input={"id": bobs_step, "threadId": bobs_thread, "output": "bob's"})
+    bobs_shared, new_thread = new_uuid(), new_uuid()
+    await bob.ok(
+        "mutation($id: ID!) { upsertThread(input: {id: $id, metadata: {is_shared: true}}) { id } }",
+        id=bobs_shared,
+    )
+    thread_id, step_id = new_uuid(), new_uuid()
+    batch = [
+        {"id": step_id, "threadId": thread_id, "name": "a", "type": "run"},  # her new thread
+        {"id": step_id, "output": "more"},
+        {"id": new_uuid(), "threadId": thread_id, "parentId": step_id},
+        {"id": new_uuid(), "threadId": bobs_thread, "output": "into Bob's"},
+        {"id": bobs_step, "output": "Bob's step"},
+        {"id": new_uuid(), "threadId": thread_id, "parentId": bobs_step},
+        {"id": bobs_step, "threadId": new_thread},  # Bob's step, and a thread nobody made
+        {"id": step_id, "threadId": new_thread},  # her step, in another thread
+        {"id": new_uuid(), "threadId": bobs_shared},
+    ]
+    results = (await alice.ok(INGEST, s=batch))["ingestSteps"]
+    codes = [result["error"]["code"] if result["error"] else None for result in results]
+    refused = ["NOT_FOUND", "NOT_FOUND", "BAD_USER_INPUT", "NOT_FOUND", "CONFLICT", "FORBIDDEN"]
+    assert codes == [None, None, None, *refused]
+    thread = "query($id: ID!) { thread(id: $id) { id } }"
+    assert (await alice.ok(thread, id=new_thread))["thread"] is None
+    assert results[1]["step"]["output"] == "more" and results[2]["step"]["parentId"] == step_id
+    assert (await bob.ok(STEP, id=bobs_step))["step"]["output"] == "bob's"
+    assert await step_ids(alice, thread_id) == [step_id, results[2]["id"]]
+
+
+async def test_concurrent_batches_over_the_same_steps_in_opposite_orders_both_land(api: Api) -> None:
+    thread_id = new_uuid()
+    ids = [new_uuid() for _ in range(20)]
+    await api.ok(INGEST, s=[{"id": step_id, "threadId": thread_id} for step_id in ids])
+    batches = [
+        [{"id": step_id, "threadId": thread_id, "output": f"{name} {step_id}"} for step_id in order]
+        for name, order in (("a", ids), ("b", ids[::-1]))
+    ]
+    responses = await asyncio.gather(*(api.post(INGEST, {"s": batch}) for batch in batches))
+    bodies = [response.json() for response in responses]
+    assert all(not body.get("errors") for body in bodies), bodies
+    assert all(result["error"] is None for body in bodies for result in body["data"]["ingestSteps"])
+    outputs = {
+        step["node"]["output"].split()[0]
+        for step in (await api.ok(THREAD_STEPS, id=thread_id, first=20))["thread"]["steps"]["edges"]
+    }
+    assert len(outputs) == 1, "one batch landed whole, then the other"
+
+
+async def test_a_step_made_in_another_thread_while_a_batch_runs_is_a_conflict_that_leaves_nothing(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch decides on where its steps were when it began; a step another writer makes in
+    between (here: one the batch is made not to see) is told apart by RETURNING, and the thread
+    created for it alone goes away again."""
+    elsewhere, step_id, new_thread, good = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+    await upsert_step(api, id=step_id, threadId=elsewhere, output="theirs")
+    load = steps._Replay.load
+
+    async def stale_load(*args: Any, **kwargs: Any) -> steps._Replay:
+        replay = await load(*args, **kwargs)
+        replay.steps.pop(step_id, None)
+        return replay
+
+    monkeypatch.setattr(steps._Replay, "load", stale_load)
+    batch = [
+        {"id": step_id, "threadId": new_thread, "output": "moved?"},
+        {"id": good, "threadId": elsewhere, "output": "fine"},
+    ]
+    results = (await api.ok(INGEST, s=batch))["ingestSteps"]
+    assert results[0]["error"]["code"] == "CONFLICT" and elsewhere in results[0]["error"]["message"]
+    assert results[1]["step"]["output"] == "fine"
+    assert (await api.ok("query($id: ID!) { thread(id: $id) { id } }", id=new_thread))["thread"] is None
+    assert (await api.ok(STEP, id=step_id))["step"]["output"] == "theirs"
+
+
+async def test_a_users_new_thread_made_by_another_user_meanwhile_takes_no_step(
+    secured_api: Api, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check finds the thread missing; another user makes it before the write (here: the
+    check is made not to see it). The write, which creates the thread in the same statement, sees
+    that it did not and refuses, retryable. (SQLite lets no writer in between.)"""
+    if backend != "postgresql":
+        pytest.skip("on SQLite the transaction holds the write lock from its start")
+    alice = secured_api.with_headers(Authorization=f"Bearer {user_token('alice@example.com')}")
+    bob = secured_api.with_headers(Authorization=f"Bearer {user_token('bob@example.com')}")
+    bobs_thread, step_id = new_uuid(), new_uuid()
+    await bob.ok(UPSERT_STEP, input={"id": new_uuid(), "threadId": bobs_thread, "output": "bob's"})
+    check = steps._load_and_check_user_step_write
+
+    async def blind_check(*args: Any, **kwargs: Any) -> bool:
+        await check(*args, **{**kwargs, "thread_id": None})
+        return True
+
+    monkeypatch.setattr(steps, "_load_and_check_user_step_write", blind_check)
+    error = await alice.error(UPSERT_STEP, input={"id": step_id, "threadId": bobs_thread, "output": "x"})
+    assert error["extensions"]["code"] == "CONFLICT" and error["extensions"]["retryable"] is True
+    monkeypatch.undo()
+    assert (await bob.ok(STEP, id=step_id))["step"] is None

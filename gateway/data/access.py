@@ -71,6 +71,15 @@ class Access:
     def readable_feedbacks(self) -> list[sa.ColumnElement[bool]]:
         return self._in_readable_thread(feedbacks_table.c.threadId)
 
+    def writable_steps(self) -> list[sa.ColumnElement[bool]]:
+        """Steps of the caller's own threads, probed row by row (for writes by id)."""
+        if self.everything:
+            return []
+        thread = sa.select(sa.literal(1)).where(
+            threads_table.c.id == steps_table.c.threadId, *self.owned_threads()
+        )
+        return [thread.exists()]
+
     def owned_steps(self) -> list[sa.ColumnElement[bool]]:
         if self.everything:
             return []
@@ -121,8 +130,18 @@ async def require_writable_thread(
         threads_table.c.id == thread_id
     )
     thread = (await session.execute(statement)).first()
-    if thread is None or thread.userId == access.user_id:
+    if thread is not None:
+        check_writable_thread(
+            access, thread_id=thread_id, owner_id=thread.userId, metadata=thread.metadata, missing=missing
+        )
+
+
+def check_writable_thread(
+    access: Access, *, thread_id: str, owner_id: str | None, metadata: Any, missing: NotFound
+) -> None:
+    """`require_writable_thread` for a thread already loaded (by a statement that loaded more)."""
+    if access.owns(owner_id):
         return
-    if is_shared(thread.metadata):
+    if is_shared(metadata):
         raise Forbidden(f"thread {thread_id} is shared with you to read; only its owner may change it")
     raise missing

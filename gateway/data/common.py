@@ -36,7 +36,12 @@ def dialect_name(session: AsyncSession) -> str:
 
 def insert(session: AsyncSession, table: sa.Table) -> Any:
     """INSERT with `ON CONFLICT` support for the session's database."""
-    if dialect_name(session) == "postgresql":
+    return dialect_insert(dialect_name(session), table)
+
+
+def dialect_insert(dialect: str, table: sa.Table) -> Any:
+    """`insert` by dialect name, for statements built once and kept."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 

@@ -1,6 +1,7 @@
 """Threads: the filtered, keyset-paginated thread list, partial upserts, and deletion with all
 that hangs off a thread."""
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from gateway.data.common import (
     KEEP,
     Keep,
     changed,
+    dialect_insert,
+    dialect_name,
     from_row,
     given,
     insert,
@@ -227,14 +230,27 @@ async def upsert_thread(
 async def ensure_thread(session: AsyncSession, *, thread_id: str, access: Access, now: str) -> None:
     """Create an empty thread when a step arrives before its thread (Chainlit queues them so); a
     user's is theirs. Whether an existing thread may be written is for the caller to check."""
-    statement = insert(session, threads_table).values(
-        id=thread_id,
-        createdAt=now,
-        updatedAt=now,
-        userId=access.user_id,
-        userIdentifier=access.user_identifier,
-    )
-    await session.execute(statement.on_conflict_do_nothing(index_elements=[threads_table.c.id]))
+    statement = insert_missing_threads(dialect_name(session))
+    await session.execute(statement, new_thread_row(thread_id, access, now))
+
+
+def new_thread_row(thread_id: str, access: Access, now: str) -> dict[str, Any]:
+    """The row of an empty thread a step (or element) creates: the caller's, if a user."""
+    return {
+        "id": thread_id,
+        "createdAt": now,
+        "updatedAt": now,
+        "userId": access.user_id,
+        "userIdentifier": access.user_identifier,
+    }
+
+
+@functools.cache
+def insert_missing_threads(dialect: str) -> Any:
+    """INSERT of `new_thread_row`s (the parameters: one, or many for one multi-row statement) that
+    leaves existing threads alone. Built once per database."""
+    statement = dialect_insert(dialect, threads_table)
+    return statement.on_conflict_do_nothing(index_elements=[threads_table.c.id])
 
 
 async def delete_thread(session: AsyncSession, *, thread_id: str, access: Access) -> list[str]:

@@ -2,12 +2,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import strawberry
-from sqlalchemy.exc import IntegrityError
 
 from gateway.data import steps
 from gateway.data.common import KEEP
-from gateway.data.steps import StepChanges
-from gateway.errors import BadUserInput, Conflict, GatewayError
+from gateway.data.steps import StepChanges, StepRow, StepWrite
+from gateway.errors import BadUserInput, GatewayError
 from gateway.timestamps import format_timestamp, utc_now
 from resolvers.context import Info
 from resolvers.ids import parse_id, parse_optional_id
@@ -111,6 +110,13 @@ class IngestResult:
     error: IngestError | None
 
 
+def _ingest_result(index: int, step_input: StepInput, outcome: StepRow | GatewayError) -> IngestResult:
+    if isinstance(outcome, GatewayError):
+        error = IngestError(code=outcome.code, message=outcome.message)
+        return IngestResult(index=index, id=step_input.id, step=None, error=error)
+    return IngestResult(index=index, id=strawberry.ID(outcome.id), step=Step.from_row(outcome), error=None)
+
+
 @strawberry.type
 class StepMutations:
     @strawberry.mutation(
@@ -155,41 +161,24 @@ class StepMutations:
         # Steps created without a createdAt keep the batch's order: a millisecond apart, the last
         # one now (otherwise they would tie, and their order would fall to the client's ids).
         now = datetime.now(UTC)
-        results: list[IngestResult] = []
+        checked: list[StepWrite | GatewayError] = []
+        for index, step_input in enumerate(steps_):
+            created_if_new = format_timestamp(now - timedelta(milliseconds=len(steps_) - 1 - index))
+            try:
+                step_id, thread_id, changes = step_changes(step_input)
+            except GatewayError as error:
+                checked.append(error)
+                continue
+            checked.append(
+                StepWrite(step_id=step_id, thread_id=thread_id, changes=changes, now=created_if_new)
+            )
+        writes = [item for item in checked if isinstance(item, StepWrite)]
         async with info.context.write() as session:
-            for index, step_input in enumerate(steps_):
-                created_if_new = format_timestamp(now - timedelta(milliseconds=len(steps_) - 1 - index))
-                try:
-                    step_id, thread_id, changes = step_changes(step_input)
-                    async with session.begin_nested():
-                        row = await steps.upsert_step(
-                            session,
-                            step_id=step_id,
-                            thread_id=thread_id,
-                            changes=changes,
-                            access=info.context.access,
-                            now=created_if_new,
-                        )
-                    results.append(
-                        IngestResult(
-                            index=index, id=strawberry.ID(row.id), step=Step.from_row(row), error=None
-                        )
-                    )
-                except (GatewayError, IntegrityError) as error:
-                    failure = (
-                        error
-                        if isinstance(error, GatewayError)
-                        else Conflict("the step conflicts with existing data")
-                    )
-                    results.append(
-                        IngestResult(
-                            index=index,
-                            id=step_input.id,
-                            step=None,
-                            error=IngestError(code=failure.code, message=failure.message),
-                        )
-                    )
-        return results
+            written = iter(await steps.ingest_steps(session, writes=writes, access=info.context.access))
+        return [
+            _ingest_result(index, step_input, next(written) if isinstance(item, StepWrite) else item)
+            for index, (step_input, item) in enumerate(zip(steps_, checked, strict=True))
+        ]
 
     @strawberry.mutation(description="Delete a step with its child steps, their feedback and elements.")
     async def delete_step(self, info: Info, id: strawberry.ID) -> DeletePayload:
