@@ -32,6 +32,7 @@ from gateway.migrate import upgrade_database
 from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
 from gateway.timestamps import utc_now
+from gateway.validation import loads_strict
 from resolvers.context import GatewayContext
 from resolvers.limits import Limits
 from resolvers.schema import schema
@@ -123,6 +124,14 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 requestId=request_id,
             )
         await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Strict JSON (see gateway.validation.loads_strict): a body Python's lenient parser would
+        take (NaN, a lone top-level string) or choke on (bad UTF-8, deep nesting) is a 400."""
+        try:
+            return loads_strict(data)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
 
     def _is_ide_page(self, request: Request) -> bool:
         """A request strawberry answers with the GraphiQL page (static HTML; its own queries, with

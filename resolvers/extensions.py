@@ -1,61 +1,84 @@
 """Schema extensions: every error carries `extensions.code`; unexpected ones are masked and logged
-with the request id; requests that cannot be run or stored (NUL characters, values nested too deep,
-several operations without a name) are refused before anything runs."""
+with the request id; requests that cannot be run or stored (NUL characters, lone surrogates, NaN,
+values nested too deep, several operations without a name) are refused before anything runs."""
 
 import logging
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import GraphQLError, OperationDefinitionNode, StringValueNode, visit
+from graphql import (
+    FloatValueNode,
+    GraphQLError,
+    GraphQLInputObjectType,
+    GraphQLSchema,
+    ListTypeNode,
+    NamedTypeNode,
+    NonNullTypeNode,
+    OperationDefinitionNode,
+    StringValueNode,
+    TypeNode,
+    visit,
+)
 from graphql.language import Visitor
 from strawberry.extensions import SchemaExtension
 
 from gateway.errors import BadUserInput, GatewayError
+from gateway.validation import NON_FINITE_PROBLEM, string_problem, value_problem
 
 logger = logging.getLogger("gateway.errors")
-NUL_PROBLEM = "strings must not contain NUL (\\u0000) characters"
-MAX_JSON_DEPTH = 64
 SUGGESTION = re.compile(r" ?Did you mean .*\?$")
 
 
-class _StringLiterals(Visitor):
+class _Literals(Visitor):
+    """The first literal of the document that cannot be stored (NUL, a float beyond a double)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.has_nul = False
+        self.problem: str | None = None
 
     def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
-        if "\x00" in node.value:
-            self.has_nul = True
+        self.problem = self.problem or string_problem(node.value)
+
+    def enter_float_value(self, node: FloatValueNode, *_: Any) -> None:
+        if not math.isfinite(float(node.value)):
+            self.problem = self.problem or f"{node.value}: {NON_FINITE_PROBLEM}"
 
 
-def _variable_problem(variables: Any) -> str | None:
-    """Why the variables cannot be stored, walking them without recursion (a value nested
-    thousands deep must get an answer, not exhaust the stack)."""
-    pending = [(variables, 0)]
-    while pending:
-        value, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"values may be nested at most {MAX_JSON_DEPTH} levels deep"
-        if isinstance(value, str):
-            if "\x00" in value:
-                return NUL_PROBLEM
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if "\x00" in str(key):
-                    return NUL_PROBLEM
-                pending.append((item, depth + 1))
-        elif isinstance(value, list):
-            pending.extend((item, depth + 1) for item in value)
+def _batch_variables(operation: OperationDefinitionNode | None, schema: GraphQLSchema) -> set[str]:
+    """Variables holding a list of input objects (ingestSteps' steps): a batch, whose items the
+    resolver checks one by one, so that one bad item fails alone."""
+    names: set[str] = set()
+    for definition in (operation.variable_definitions if operation else None) or ():
+        type_node: TypeNode = definition.type
+        if isinstance(type_node, NonNullTypeNode):
+            type_node = type_node.type
+        if isinstance(type_node, ListTypeNode):
+            named = type_node.type.type if isinstance(type_node.type, NonNullTypeNode) else type_node.type
+            if isinstance(named, NamedTypeNode) and isinstance(
+                schema.get_type(named.name.value), GraphQLInputObjectType
+            ):
+                names.add(definition.variable.name.value)
+    return names
+
+
+def _variables_problem(variables: dict[str, Any], batches: set[str]) -> str | None:
+    for name, value in variables.items():
+        # A batch's items are checked by its resolver, except for what no item may hold.
+        found = value_problem(value, f"${name}", surrogates=name not in batches)
+        if found is not None:
+            where, problem = found
+            return f"`{where}`: {problem}"
     return None
 
 
 class RequestChecks(SchemaExtension):
     """Refuse, before anything runs:
-    - strings holding NUL: PostgreSQL cannot store them, SQLite would; refused in literals and
-      variables alike, so both databases answer the same;
-    - variables nested deeper than MAX_JSON_DEPTH;
+    - values that cannot be stored (see gateway.validation): NUL characters (PostgreSQL cannot
+      store them, SQLite would), lone surrogates, NaN and Infinity, values nested deeper than
+      MAX_JSON_DEPTH; in literals and variables alike, so both databases answer the same;
     - a document of several operations without `operationName` (the GraphQL specification's
       rule; strawberry would run the first)."""
 
@@ -63,16 +86,20 @@ class RequestChecks(SchemaExtension):
         context = self.execution_context
         problem: str | None = None
         document = context.graphql_document
-        literals = _StringLiterals()
+        literals = _Literals()
+        operation: OperationDefinitionNode | None = None
         if document is not None:
             visit(document, literals)
             operations = [item for item in document.definitions if isinstance(item, OperationDefinitionNode)]
             # `operation_name` falls back to the first operation's name; only what was sent counts.
             if len(operations) > 1 and context._provided_operation_name is None:
                 problem = "the document has several operations: say which to run with `operationName`"
-        if literals.has_nul:
-            problem = NUL_PROBLEM
-        problem = _variable_problem(context.variables or {}) or problem
+            named = [item for item in operations if item.name and item.name.value == context.operation_name]
+            operation = named[0] if named else operations[0] if len(operations) == 1 else None
+        if literals.problem is not None:
+            problem = literals.problem
+        batches = _batch_variables(operation, context.schema._schema)
+        problem = _variables_problem(context.variables or {}, batches) or problem
         if problem is not None:
             error = BadUserInput(problem)
             context.result = GraphQLExecutionResult(
