@@ -30,10 +30,11 @@ from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
 from gateway.ids import new_id
 from gateway.migrate import upgrade_database
 from gateway.reaper import ObjectReaper
-from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
+from gateway.storage import FILES_ROUTE, LocalStore, S3Timeouts, content_disposition, open_store
 from gateway.timestamps import utc_now
 from gateway.validation import loads_strict
-from resolvers.context import GatewayContext
+from resolvers.context import OUTAGE_MESSAGE, GatewayContext, is_outage
+from resolvers.extensions import RETRY_AFTER_SECONDS
 from resolvers.limits import Limits
 from resolvers.schema import schema
 
@@ -45,7 +46,7 @@ _SIMPLE_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencod
 # Headers of Apollo's CSRF prevention, which upload clients (apollo-upload-client...) already send.
 PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 MULTIPART_OVERHEAD = 1024 * 1024  # the operations and map fields of an upload request
-HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413}
+HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413, "SERVICE_UNAVAILABLE": 503}
 
 
 class RequestIdMiddleware:
@@ -113,9 +114,16 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 response.headers["WWW-Authenticate"] = "Bearer"
         except HTTPException as error:
             response = _error_response(error.reason, "BAD_USER_INPUT", error.status_code)
-        except Exception:
-            # Whatever escaped the schema's own handling (e.g. a body nested too deep to decode).
+        except Exception as error:
+            # Whatever escaped the schema's own handling: an outage while authenticating (API keys
+            # and users are in the database) is worth retrying; anything else is a bug.
             request_id = scope["state"]["request_id"]
+            if is_outage(error):
+                logger.warning("database unreachable before GraphQL (request %s): %r", request_id, error)
+                response = _error_response(OUTAGE_MESSAGE, "SERVICE_UNAVAILABLE", 503, retryable=True)
+                response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+                await response(scope, receive, send)
+                return
             logger.exception("unexpected error outside GraphQL execution (request %s)", request_id)
             response = _error_response(
                 f"Internal server error. Quote request id {request_id} when reporting it.",
@@ -267,6 +275,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.storage_url,
         endpoint_url=settings.s3_endpoint_url,
         signing_secret=secret.get_secret_value().encode() if secret else None,
+        s3_timeouts=S3Timeouts(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
     )
     reaper = ObjectReaper(db, store, interval=settings.reaper_interval_seconds)
     attachments = Attachments(

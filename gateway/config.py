@@ -27,6 +27,10 @@ class Settings(BaseSettings):
         default="file://./gateway-files", description="file://directory or s3://bucket/prefix"
     )
     s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible server")
+    s3_connect_timeout_seconds: float = Field(default=5.0, gt=0, description="S3: connecting gives up after")
+    s3_read_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="S3: waiting for an answer (or the next bytes of one) gives up after"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     auto_migrate: bool = Field(

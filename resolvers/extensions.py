@@ -27,8 +27,10 @@ from strawberry.extensions import SchemaExtension
 
 from gateway.errors import BadUserInput, GatewayError
 from gateway.validation import NON_FINITE_PROBLEM, string_problem, value_problem
+from resolvers.context import OUTAGE_MESSAGE, is_outage
 
 logger = logging.getLogger("gateway.errors")
+RETRY_AFTER_SECONDS = "1"
 SUGGESTION = re.compile(r" ?Did you mean .*\?$")
 
 
@@ -126,6 +128,17 @@ class ErrorCodes(SchemaExtension):
         errors = getattr(result, "errors", None)
         if errors:
             result.errors = [self._shape(error) for error in errors]  # type: ignore[union-attr]
+            self._answer_unavailable(result.errors, getattr(result, "data", None))  # type: ignore[union-attr]
+
+    def _answer_unavailable(self, errors: list[GraphQLError], data: Any) -> None:
+        """HTTP 503 with Retry-After when an outage is the only error and nothing succeeded, so
+        proxies, load balancers and plain HTTP clients see it is worth retrying."""
+        codes = {(error.extensions or {}).get("code") for error in errors}
+        nothing_done = data is None or not any(value is not None for value in data.values())
+        response = getattr(self.execution_context.context, "response", None)
+        if codes == {"SERVICE_UNAVAILABLE"} and nothing_done and response is not None:
+            response.status_code = 503
+            response.headers["Retry-After"] = RETRY_AFTER_SECONDS
 
     def _request_id(self) -> str:
         context = self.execution_context.context
@@ -151,6 +164,14 @@ class ErrorCodes(SchemaExtension):
                 message = SUGGESTION.sub("", message)
             return _with_code(error, message, (error.extensions or {}).get("code", code), {})
         request_id = self._request_id()
+        if is_outage(original):
+            logger.warning(
+                "database or object store unreachable in %s (request %s): %r",
+                ".".join(str(part) for part in error.path),
+                request_id,
+                original,
+            )
+            return _with_code(error, OUTAGE_MESSAGE, "SERVICE_UNAVAILABLE", {"retryable": True})
         logger.error(
             "unexpected error in %s (request %s)",
             ".".join(str(part) for part in error.path),

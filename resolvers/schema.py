@@ -10,6 +10,7 @@ from strawberry.types import ExecutionContext
 
 from resolvers.elements.mutations import ElementMutations
 from resolvers.elements.queries import ElementQueries
+from resolvers.execution import MutationsInOrder
 from resolvers.extensions import ErrorCodes, RequestChecks
 from resolvers.feedback.mutations import FeedbackMutations
 from resolvers.limits import QueryLimits
@@ -40,6 +41,7 @@ def build_schema(**kwargs: Any) -> strawberry.Schema:
         mutation=Mutation,
         extensions=[ErrorCodes, RequestChecks, QueryLimits],
         config=StrawberryConfig(scalar_map=SCALARS),
+        execution_context_class=MutationsInOrder,
         **kwargs,
     )
 

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from gateway.database import Database
 from gateway.validation import MAX_IDENTIFIER_CHARS, MAX_JSON_KEY_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS
-from tests.conftest import Api, user_token
+from tests.conftest import Api, new_uuid, user_token
 from tests.test_errors import World, make_world, refused, snapshot, thread_exists
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
@@ -348,3 +348,45 @@ async def test_url_that_is_no_absolute_http_url_is_refused(
     error = await refused(api, db, "BAD_USER_INPUT", CREATE_BY_URL, t=world.thread_id, u=url)
     assert "`input.url`" in error["message"]
     assert await thread_exists(api, world.thread_id)
+
+
+# --- row 7: a document of several mutations, one failing in the middle ----------------------------
+
+THREE_MUTATIONS = (
+    "mutation($a: ID!, $b: ID!, $c: ID!) {"
+    ' first: upsertThread(input: {id: $a, name: "one"}) { id name }'
+    " middle: deleteThread(id: $b) { id }"
+    ' last: upsertThread(input: {id: $c, name: "three"}) { id } }'
+)
+
+
+async def test_mutations_answer_each_for_itself_and_stop_at_a_failure(
+    api: Api, db: Database, world: World
+) -> None:
+    first, missing, last = (new_uuid() for _ in range(3))
+    response = await api.post(THREE_MUTATIONS, {"a": first, "b": missing, "c": last})
+    assert response.status_code == 200
+    body = response.json()
+    # The first was committed and says so; the failed one is null with its error; the last did
+    # not run, and says so too.
+    assert body["data"] == {"first": {"id": first, "name": "one"}, "middle": None, "last": None}
+    middle, after = body["errors"]
+    assert middle["path"] == ["middle"] and middle["extensions"]["code"] == "NOT_FOUND"
+    assert after["path"] == ["last"] and after["extensions"]["code"] == "NOT_RUN"
+    assert await thread_exists(api, first)
+    assert not await thread_exists(api, last)
+
+
+async def test_when_the_first_mutation_fails_nothing_ran_and_data_is_null(api: Api, db: Database) -> None:
+    first, last = (new_uuid() for _ in range(2))
+    before = await snapshot(db)
+    body = (
+        await api.post(
+            "mutation($a: ID!, $c: ID!) { deleteThread(id: $a) { id }"
+            ' last: upsertThread(input: {id: $c, name: "x"}) { id } }',
+            {"a": first, "c": last},
+        )
+    ).json()
+    assert body["data"] is None
+    assert [error["extensions"]["code"] for error in body["errors"]] == ["NOT_FOUND", "NOT_RUN"]
+    assert await snapshot(db) == before

@@ -17,7 +17,7 @@ from gateway.ids import new_id
 from gateway.storage import too_large
 from gateway.timestamps import format_timestamp, utc_now
 from gateway.validation import ELEMENT_LIMITS, check_input, checked_url
-from resolvers.context import GatewayContext, Info
+from resolvers.context import GatewayContext, Info, is_outage
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import DateTime, JSONObject
 from resolvers.types import DeletePayload, Element
@@ -174,9 +174,17 @@ class ElementMutations:
         if file is not None:
             files.policy.check_mime(mime)
             object_key = files.new_key(thread_id, element_id)
-            size_bytes = await files.store.put(
-                object_key, chunks_of(file), content_type=mime, max_bytes=files.policy.max_bytes
-            )
+            try:
+                size_bytes = await files.store.put(
+                    object_key, chunks_of(file), content_type=mime, max_bytes=files.policy.max_bytes
+                )
+            except Exception as error:
+                if is_outage(error):
+                    # The store timed out or went away mid-upload: it may still have kept some or
+                    # all of it. No row names the key; the reaper deletes it once the store is back.
+                    async with context.write() as session:
+                        await context.forget_objects(session, [object_key])
+                raise
         values = _element_values(input, element_id=element_id, thread_id=thread_id, for_id=for_id, mime=mime)
         values.update(objectKey=object_key, sizeBytes=size_bytes)
         created = False
