@@ -5,14 +5,21 @@ a user cannot learn whether another user's element exists."""
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 
+from gateway import migrate
+from gateway.config import Settings
 from gateway.database import Database
+from gateway.migrate import upgrade_database
 from gateway.validation import MAX_IDENTIFIER_CHARS, MAX_JSON_KEY_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS
-from tests.conftest import Api, new_uuid, user_token
+from tests.conftest import Api, client_of, new_uuid, running, user_token
 from tests.test_errors import World, make_world, refused, snapshot, thread_exists
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
@@ -390,3 +397,41 @@ async def test_when_the_first_mutation_fails_nothing_ran_and_data_is_null(api: A
     assert body["data"] is None
     assert [error["extensions"]["code"] for error in body["errors"]] == ["NOT_FOUND", "NOT_RUN"]
     assert await snapshot(db) == before
+
+
+# --- row 1, rows written before the fix -----------------------------------------------------------
+
+
+async def test_migration_repairs_non_finite_numbers_sqlite_stored(tmp_path: Path) -> None:
+    """SQLite rows older gateways wrote with NaN/Infinity are served as strict JSON after
+    `gateway migrate` (the numbers become null); PostgreSQL's jsonb never took them."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        await connection.run_sync(lambda sync: command.upgrade(migrate._config(sync), "0006"))
+        thread, step = new_uuid(), new_uuid()
+        await connection.execute(
+            sa.text(
+                'INSERT INTO threads (id, metadata, "updatedAt")'
+                " VALUES (:id, :m, '2026-01-01T00:00:00.000Z')"
+            ),
+            {"id": thread, "m": '{"score":NaN,"list":[Infinity,1,{"x":-Infinity}],"ok":"NaN"}'},
+        )
+        await connection.execute(
+            sa.text(
+                'INSERT INTO steps (id, "threadId", name, type, streaming, generation, "createdAt")'
+                " VALUES (:id, :t, 's', 'run', 0, :g, '2026-01-01T00:00:00.000Z')"
+            ),
+            {"id": step, "t": thread, "g": '{"temperature":NaN}'},
+        )
+        await connection.commit()
+    await engine.dispose()
+    await upgrade_database(url)
+    async with running(Settings(database_url=url, auto_migrate=False)) as app, client_of(app) as api:
+        response = await api.post(
+            "query($t: ID!) { thread(id: $t) { metadata steps { edges { node { generation } } } } }",
+            {"t": thread},
+        )
+    thread_data = strict_json(response.text)["data"]["thread"]
+    assert thread_data["metadata"] == {"score": None, "list": [None, 1, {"x": None}], "ok": "NaN"}
+    assert thread_data["steps"]["edges"][0]["node"]["generation"] == {"temperature": None}
