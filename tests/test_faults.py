@@ -8,9 +8,14 @@ Retry-After when nothing succeeded); a failed write wrote nothing; the Python cl
 the write through; no row and no stored object is left orphaned or half-written.
 """
 
+import os
+import tempfile
+
+# Importing chainlit (the data layer) writes `.chainlit/` under the app root: a scratch one.
+os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="chainlit-app-"))
+
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -20,9 +25,11 @@ import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
+from chainlit.context import init_http_context
 from sqlalchemy.engine import make_url
 
 from gateway.attachments import Attachments
+from gateway.chainlit import GatewayDataLayer
 from gateway.client import GatewayClient, UploadFile
 from gateway.data import object_deletions
 from gateway.database import Database
@@ -38,6 +45,7 @@ from tests.conftest import (
     running,
     secured_settings,
 )
+from tests.test_chainlit_data_layer import step_dict
 from tests.test_elements import _settings, make_thread, upload
 
 INGEST = "mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index step { id } error { code } } }"
@@ -120,6 +128,11 @@ async def proxy_to(host: str, port: int) -> AsyncIterator[TcpProxy]:
         yield proxy
     finally:
         await proxy.close()
+
+
+def restore_after(proxy: TcpProxy, seconds: float) -> asyncio.TimerHandle:
+    """A restart taking `seconds`: the server is back then."""
+    return asyncio.get_running_loop().call_later(seconds, lambda: asyncio.ensure_future(proxy.restore()))
 
 
 def steps_of(thread_id: str, count: int) -> list[dict[str, Any]]:
@@ -253,14 +266,24 @@ async def test_database_unreachable_is_503_then_the_client_retries_through(
             async with GatewayClient(
                 "http://localhost/graphql", api_key=TEST_API_KEY, transport=raw.http._transport
             ) as client:
-                restart = asyncio.get_running_loop().call_later(
-                    1.0, lambda: asyncio.ensure_future(proxy.restore())
-                )
+                restart = restore_after(proxy, 1.0)
                 batch = steps_of(thread_id, 5)
                 data = await client.execute(INGEST, {"s": batch})
                 restart.cancel()
             assert [item["error"] for item in data["ingestSteps"]] == [None] * 5
-    assert await step_count(db, thread_id) == 6
+            # A Chainlit app's write, through the data layer, rides out the same restart.
+            layer = GatewayDataLayer(
+                url="http://localhost/graphql", api_key=TEST_API_KEY, transport=raw.http._transport
+            )
+            init_http_context()  # as in a Chainlit app's request
+            await proxy.cut()
+            restart = restore_after(proxy, 1.0)
+            try:
+                await layer.create_step(step_dict(thread_id, output="survived"))
+            finally:
+                restart.cancel()
+                await layer.close()
+    assert await step_count(db, thread_id) == 7
 
 
 # --- S3 that stops answering ----------------------------------------------------------------------
