@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -62,15 +63,19 @@ class Load:
         self.steps: list[str] = []
         self.requests = 0
         self.failures = 0
+        self.codes: Counter[str] = Counter()  # what the failed requests were told
 
     async def call(self, query: str, **variables: object) -> None:
         response = await self.http.post("/graphql", json={"query": query, "variables": variables})
         self.requests += 1
-        if response.status_code != 200 or response.json().get("errors"):
+        errors = response.json().get("errors") if response.status_code < 500 else [{}]
+        if response.status_code != 200 or errors:
             self.failures += 1
+            self.codes[str(((errors or [{}])[0].get("extensions") or {}).get("code"))] += 1
 
     async def one(self) -> None:
-        thread = random.choice(self.threads)
+        slot = random.randrange(len(self.threads))
+        thread = self.threads[slot]
         roll = random.random()
         if roll < 0.25:
             step = str(uuid.uuid4())
@@ -86,7 +91,7 @@ class Load:
             await self.call(INGEST, s=batch)
         elif roll < 0.58:
             await self.call(DELETE_THREAD, id=thread)  # keeps the database bounded
-            self.threads[self.threads.index(thread)] = str(uuid.uuid4())
+            self.threads[slot] = str(uuid.uuid4())
         elif roll < 0.9:
             await self.call(HISTORY, after=None)
         else:
@@ -120,6 +125,7 @@ async def drive(url: str, pid: int, minutes: float, concurrency: int, sample_sec
                 await asyncio.sleep(sample_seconds)
 
         await asyncio.gather(sampler(), *(worker() for _ in range(concurrency)))
+        print(f"failed requests by code: {dict(load.codes)} (NOT_FOUND: appends to deleted threads)")
     samples.append(rss_mib(pid))
     return samples
 

@@ -137,11 +137,10 @@ def checked_url(url: str | None, field: str) -> str | None:
     check_length(stripped, field, MAX_URL_CHARS)
     try:
         parts = urlsplit(stripped)
-        host = parts.hostname
-    except ValueError:
-        host = None
-        parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not host:
+        absolute = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. a malformed IPv6 host
+        absolute = False
+    if not absolute:
         raise BadUserInput(f"`{field}` must be an absolute http or https URL", field=field)
     if any(character.isspace() or ord(character) < 0x20 for character in stripped):
         raise BadUserInput(f"`{field}` must not contain spaces or control characters", field=field)
@@ -187,10 +186,6 @@ def check_input(value: Any, path: str, kinds: dict[str, str]) -> None:
 # --- the request body -----------------------------------------------------------------------------
 
 
-def _not_json_constant(name: str) -> NotJson:
-    return NotJson(name)
-
-
 def _strict_float(text: str) -> float | NotJson:
     number = float(text)
     return number if math.isfinite(number) else NotJson(text)
@@ -206,7 +201,7 @@ def loads_strict(body: str | bytes) -> dict[str, Any]:
         except UnicodeDecodeError as error:
             raise ValueError(f"the request body is not UTF-8 (byte {error.start})") from None
     try:
-        data = json.loads(body, parse_constant=_not_json_constant, parse_float=_strict_float)
+        data = json.loads(body, parse_constant=NotJson, parse_float=_strict_float)
     except RecursionError:
         raise ValueError("the request body is nested too deeply") from None
     except ValueError as error:  # JSONDecodeError, or an integer of more than 4,300 digits
