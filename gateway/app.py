@@ -6,6 +6,7 @@ carry a header browsers cannot send cross-site without a preflight (CSRF), the b
 size cap, and the caller must authenticate (only the GraphiQL page itself is served to anyone).
 """
 
+import json
 import logging
 import re
 import time
@@ -39,11 +40,13 @@ from gateway.migrate import upgrade_database
 from gateway.observability import ObserveRequests, count_statements, current_record
 from gateway.ratelimit import RateLimiter
 from gateway.reaper import ObjectReaper
-from gateway.storage import FILES_ROUTE, LocalStore, content_disposition, open_store
+from gateway.storage import FILES_ROUTE, LocalStore, S3Timeouts, content_disposition, open_store
 from gateway.timestamps import utc_now
 from gateway.tracing import instrument, tracing_enabled
+from gateway.validation import loads_strict
 from resolvers.compiled import CompiledAnswer, CompiledReads
-from resolvers.context import GatewayContext
+from resolvers.context import OUTAGE_MESSAGE, GatewayContext, is_outage
+from resolvers.extensions import RETRY_AFTER_SECONDS
 from resolvers.limits import Limits
 from resolvers.schema import schema
 
@@ -55,7 +58,13 @@ _SIMPLE_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencod
 # Headers of Apollo's CSRF prevention, which upload clients (apollo-upload-client...) already send.
 PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 MULTIPART_OVERHEAD = 1024 * 1024  # the operations and map fields of an upload request
-HTTP_STATUS = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "PAYLOAD_TOO_LARGE": 413, "RATE_LIMITED": 429}
+HTTP_STATUS = {
+    "UNAUTHENTICATED": 401,
+    "FORBIDDEN": 403,
+    "PAYLOAD_TOO_LARGE": 413,
+    "RATE_LIMITED": 429,
+    "SERVICE_UNAVAILABLE": 503,
+}
 
 
 class RequestIdMiddleware:
@@ -135,9 +144,16 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 response.headers["Retry-After"] = str(error.extensions["retryAfter"])
         except HTTPException as error:
             response = _error_response(error.reason, "BAD_USER_INPUT", error.status_code)
-        except Exception:
-            # Whatever escaped the schema's own handling (e.g. a body nested too deep to decode).
+        except Exception as error:
+            # Whatever escaped the schema's own handling: an outage while authenticating (API keys
+            # and users are in the database) is worth retrying; anything else is a bug.
             request_id = scope["state"]["request_id"]
+            if is_outage(error):
+                logger.warning("database unreachable before GraphQL (request %s): %r", request_id, error)
+                response = _error_response(OUTAGE_MESSAGE, "SERVICE_UNAVAILABLE", 503, retryable=True)
+                response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+                await response(scope, receive, send)
+                return
             logger.exception("unexpected error outside GraphQL execution (request %s)", request_id)
             response = _error_response(
                 f"Internal server error. Quote request id {request_id} when reporting it.",
@@ -209,7 +225,10 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         )
 
     def encode_json(self, data: object) -> bytes:
-        return orjson.dumps(data)
+        try:
+            return orjson.dumps(data)
+        except TypeError:  # an integer past 64 bits (valid JSON): the standard encoder writes it
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def render_graphql_ide(self, request: Request) -> Response:
         """The gateway's own GraphiQL page (gateway.graphiql): no asset from another host."""
@@ -217,6 +236,14 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             graphiql.page(auth_required=self.auth.open_mode is False),
             headers={"Content-Security-Policy": graphiql.CONTENT_SECURITY_POLICY},
         )
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Strict JSON (see gateway.validation.loads_strict): a body Python's lenient parser would
+        take (NaN, a lone top-level string) or choke on (bad UTF-8, deep nesting) is a 400."""
+        try:
+            return loads_strict(data)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
 
     def _is_ide_page(self, request: Request) -> bool:
         """A request strawberry answers with the GraphiQL page (static HTML; its own queries, with
@@ -367,6 +394,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.storage_url,
         endpoint_url=settings.s3_endpoint_url,
         signing_secret=secret.get_secret_value().encode() if secret else None,
+        s3_timeouts=S3Timeouts(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
     )
     reaper = ObjectReaper(db, store, interval=settings.reaper_interval_seconds)
     attachments = Attachments(

@@ -26,6 +26,7 @@ from gateway.data import api_keys, users
 from gateway.data.access import EVERYTHING, Access
 from gateway.database import Database
 from gateway.errors import Unauthenticated
+from gateway.validation import MAX_IDENTIFIER_CHARS, string_problem
 
 logger = logging.getLogger("gateway.auth")
 
@@ -265,6 +266,12 @@ class Authenticator:
         identifier = claims.get(self.settings.jwt_user_claim)
         if not isinstance(identifier, str) or not identifier.strip():
             raise Unauthenticated(f"the token has no `{self.settings.jwt_user_claim}` claim naming the user")
+        if string_problem(identifier) or len(identifier) > MAX_IDENTIFIER_CHARS:
+            # No user can have such an identifier (upsertUser refuses it): the token names nobody.
+            raise Unauthenticated(
+                f"the token's `{self.settings.jwt_user_claim}` claim is no valid user identifier "
+                f"(at most {MAX_IDENTIFIER_CHARS} characters of text)"
+            )
         async with self.db.session() as session:
             found = await users.get_users_by_identifiers(session, identifiers=[identifier], access=EVERYTHING)
         user = found.get(identifier)

@@ -25,7 +25,7 @@ from chainlit.data.utils import queue_until_user_message
 from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, ThreadDict, ThreadFilter
 from chainlit.user import PersistedUser, User
 
-from gateway.client import GatewayClient, GatewayError, UploadFile
+from gateway.client import DEFAULT_ATTEMPTS, GatewayClient, GatewayError, UploadFile
 
 if TYPE_CHECKING:
     from chainlit.element import Element, ElementDict
@@ -128,11 +128,12 @@ class GatewayDataLayer(BaseDataLayer):
         api_key: str,
         *,
         timeout: float = 30.0,
-        attempts: int = 3,
+        attempts: int = DEFAULT_ATTEMPTS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`url`: the gateway's GraphQL endpoint; `api_key`: a backend key (`gateway api-key
-        create`). Calls that fail to connect, or time out, are tried `attempts` times in all."""
+        create`). Calls that fail to connect, time out, or find the gateway's database or store
+        unavailable are tried `attempts` times in all (see gateway.client)."""
         self.client = GatewayClient(
             url, api_key=api_key, timeout=timeout, attempts=attempts, transport=transport
         )

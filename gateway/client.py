@@ -3,14 +3,19 @@ layer in `gateway.chainlit`).
 
 One pooled `httpx.AsyncClient` for the client's life. The gateway's writes are upserts and deletes
 by id (all but `appendStepOutput`), so a request that fails on the way (connection refused or
-reset, a timeout) or that the database picked as a deadlock victim (`CONFLICT` with
-`retryable: true`) is sent again, a few times, with a growing pause. A call marked
-`idempotent=False` is sent again only when it cannot have arrived (the connection failed).
+reset, a timeout), that the gateway answers `SERVICE_UNAVAILABLE` (its database restarting, its
+object store unreachable; HTTP 503) or that the database picked as a deadlock victim (`CONFLICT`
+with `retryable: true`) is sent again, up to `attempts` times in all, after a pause that doubles
+each time (0.25 s, 0.5 s, 1 s, 2 s, capped at 4 s), with random jitter so that many clients do not
+come back at once. The default (5 attempts, about 4 s) rides out a database restart. A call marked
+`idempotent=False` is sent again only when it cannot have arrived (the connection failed) or the
+database aborted it (a deadlock victim wrote nothing).
 """
 
 import asyncio
 import json
 import logging
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,9 @@ import httpx
 logger = logging.getLogger("gateway.client")
 
 RETRY_PAUSE_SECONDS = 0.25
+MAX_RETRY_PAUSE_SECONDS = 4.0
+DEFAULT_ATTEMPTS = 5
+UNAVAILABLE_STATUSES = (502, 503, 504)  # the gateway's 503, or a proxy's in front of it
 
 
 class GatewayError(Exception):
@@ -60,7 +68,7 @@ class GatewayClient:
         api_key: str | None = None,
         token: str | None = None,
         timeout: float = 30.0,
-        attempts: int = 3,
+        attempts: int = DEFAULT_ATTEMPTS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`url` is the GraphQL endpoint (`http://host:8000/graphql`); a backend authenticates with
@@ -106,7 +114,7 @@ class GatewayClient:
                 logger.warning(
                     "gateway request failed (%s); attempt %d of %d", error, attempt + 1, self.attempts
                 )
-                await asyncio.sleep(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1))
+                await asyncio.sleep(retry_pause(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
@@ -139,6 +147,12 @@ class GatewayClient:
         try:
             body = response.json()
         except ValueError:
+            if response.status_code in UNAVAILABLE_STATUSES:
+                raise GatewayError(
+                    f"the gateway is unavailable (HTTP {response.status_code})",
+                    code="SERVICE_UNAVAILABLE",
+                    errors=[{"extensions": {"code": "SERVICE_UNAVAILABLE", "retryable": True}}],
+                ) from None
             response.raise_for_status()
             raise GatewayError(
                 f"the gateway answered HTTP {response.status_code} without JSON", code=None, errors=[]
@@ -154,9 +168,25 @@ class GatewayClient:
         return data
 
 
+def retry_pause(attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1, 2, ...): doubling, capped, with
+    jitter (0.5 to 1.5 times)."""
+    pause: float = min(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1), MAX_RETRY_PAUSE_SECONDS)
+    return pause * random.uniform(0.5, 1.5)
+
+
 def _retryable(error: Exception, *, idempotent: bool) -> bool:
-    if isinstance(error, GatewayError):  # a deadlock victim: its transaction wrote nothing
-        return any((item.get("extensions") or {}).get("retryable") is True for item in error.errors)
+    if isinstance(error, GatewayError):
+        # A document of several mutations: the fields not run after a failure say nothing more.
+        extensions = [
+            item.get("extensions") or {}
+            for item in error.errors
+            if (item.get("extensions") or {}).get("code") != "NOT_RUN"
+        ]
+        if not extensions or not all(item.get("retryable") is True for item in extensions):
+            return False
+        # A deadlock victim (CONFLICT) wrote nothing; an outage may have struck while committing.
+        return idempotent or all(item.get("code") == "CONFLICT" for item in extensions)
     if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
         return True  # nothing was sent
     return idempotent  # it may have arrived, and its answer was lost

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         default="file://./gateway-files", description="file://directory or s3://bucket/prefix"
     )
     s3_endpoint_url: str | None = Field(default=None, description="endpoint of an S3-compatible server")
+    s3_connect_timeout_seconds: float = Field(default=5.0, gt=0, description="S3: connecting gives up after")
+    s3_read_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="S3: waiting for an answer (or the next bytes of one) gives up after"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="server processes `gateway serve` runs")

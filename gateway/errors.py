@@ -36,3 +36,19 @@ class PayloadTooLarge(GatewayError):
 
 class RateLimited(GatewayError):
     code = "RATE_LIMITED"
+
+
+class ServiceUnavailable(GatewayError):
+    """The database or the object store could not be reached (restarting, overloaded, a dropped
+    connection): the request may succeed when sent again. Always `retryable`."""
+
+    code = "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str, **extensions: object) -> None:
+        super().__init__(message, **{**extensions, "retryable": True})
+
+
+class NotRun(GatewayError):
+    """A root mutation field after one that failed: it was not run (nothing of it was written)."""
+
+    code = "NOT_RUN"

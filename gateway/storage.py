@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlparse
 
 import aioboto3
+from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from gateway.errors import PayloadTooLarge
@@ -198,11 +199,36 @@ class LocalStore(ObjectStore):
         return UploadTarget(url, {"Content-Type": mime} if mime else {}, expires)
 
 
+@dataclass(frozen=True)
+class S3Timeouts:
+    """Every S3 call gives up after these (botocore's defaults wait a minute and more, retried):
+    a frozen endpoint must cost a request seconds, and then an answer saying to retry."""
+
+    connect_seconds: float = 5.0
+    read_seconds: float = 30.0
+    attempts: int = 2  # in all: one retry of a call that failed on the way
+
+    def config(self) -> AioConfig:
+        return AioConfig(
+            connect_timeout=self.connect_seconds,
+            read_timeout=self.read_seconds,
+            retries={"mode": "standard", "total_max_attempts": self.attempts},
+        )
+
+
+def _without_expect_header(request: Any, **_: Any) -> None:
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 class S3Store(ObjectStore):
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str, endpoint_url: str | None, timeouts: S3Timeouts | None = None
+    ) -> None:
         self.bucket = bucket
         self.key_prefix = prefix
         self.endpoint_url = endpoint_url
+        self.timeouts = timeouts or S3Timeouts()
         self._session = aioboto3.Session()
         self._exit_stack = contextlib.AsyncExitStack()
         self._client: Any = None
@@ -217,8 +243,11 @@ class S3Store(ObjectStore):
             # One client (one connection pool) for the process; credentials and region come from
             # the standard AWS variables and files.
             self._client = await self._exit_stack.enter_async_context(
-                self._session.client("s3", endpoint_url=self.endpoint_url)
+                self._session.client("s3", endpoint_url=self.endpoint_url, config=self.timeouts.config())
             )
+            # botocore asks S3 to confirm uploads before their body (`Expect: 100-continue`), and
+            # aiohttp waits for that answer with no timeout: a frozen S3 would hang the request.
+            self._client.meta.events.register("before-sign.s3", _without_expect_header)
 
     async def close(self) -> None:
         await self._exit_stack.aclose()
@@ -312,7 +341,13 @@ class S3Store(ObjectStore):
         return UploadTarget(url, {"Content-Type": mime} if mime else {}, int(time.time()) + expires_in)
 
 
-def open_store(storage_url: str, *, endpoint_url: str | None, signing_secret: bytes | None) -> ObjectStore:
+def open_store(
+    storage_url: str,
+    *,
+    endpoint_url: str | None,
+    signing_secret: bytes | None,
+    s3_timeouts: S3Timeouts | None = None,
+) -> ObjectStore:
     """`file://directory` (relative paths from the working directory) or `s3://bucket/prefix`."""
     parsed = urlparse(storage_url)
     if parsed.scheme == "file":
@@ -322,5 +357,5 @@ def open_store(storage_url: str, *, endpoint_url: str | None, signing_secret: by
         if not parsed.netloc:
             raise ValueError(f"{storage_url!r} names no bucket: use s3://bucket/prefix")
         prefix = parsed.path.strip("/")
-        return S3Store(parsed.netloc, f"{prefix}/" if prefix else "", endpoint_url)
+        return S3Store(parsed.netloc, f"{prefix}/" if prefix else "", endpoint_url, s3_timeouts)
     raise ValueError(f"unsupported storage URL {storage_url!r}: use file://directory or s3://bucket/prefix")

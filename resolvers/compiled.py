@@ -49,7 +49,7 @@ from gateway.database import Database
 from gateway.errors import GatewayError
 from resolvers.connection import page_request
 from resolvers.documents import PreparedDocument, prepare
-from resolvers.extensions import variable_problem
+from resolvers.extensions import variables_problem
 from resolvers.ids import parse_id
 from resolvers.limits import Limits, check_operation
 from resolvers.threads.queries import OrderDirection, ThreadOrder
@@ -465,7 +465,7 @@ def _template(
         graphql_schema = schema._schema
         if (
             operation is not None
-            and not prepared.has_nul_literal
+            and prepared.literal_problem is None
             and not prepared.validation_errors(graphql_schema, VALIDATION_RULES)
         ):
             fragments = {
@@ -515,7 +515,7 @@ class CompiledReads:
         if prepared.tokens is None or prepared.tokens > self.limits.max_tokens:
             return None
         template = _template(self.schema, prepared, operation_name)
-        if template is None or variable_problem(variables or {}) is not None:
+        if template is None or variables_problem(variables or {}, set()) is not None:
             return None
         graphql_schema = self.schema._schema
         problem, cost = check_operation(graphql_schema, prepared, operation_name, variables, self.limits)

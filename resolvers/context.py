@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import strawberry
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.attachments import Attachments
@@ -14,12 +17,48 @@ from gateway.auth import Caller
 from gateway.data import object_deletions
 from gateway.data.access import Access
 from gateway.database import Database
-from gateway.errors import Conflict
+from gateway.errors import Conflict, GatewayError, ServiceUnavailable
 from gateway.timestamps import utc_now
 from resolvers.limits import Limits
 from resolvers.loaders import Loaders
 
 RETRYABLE_SQLSTATES = ("40001", "40P01", "55P03")
+# The server went away or cannot take the connection: connection exceptions (class 08), an
+# administrator's or a crash's shutdown of the backend (57P01-57P03), too many connections (53300).
+OUTAGE_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
+OUTAGE_MESSAGE = "the database or the object store cannot be reached right now; retry the request"
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) says the database or the object store is unreachable,
+    rather than that the request is wrong or the gateway has a bug."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:
+        seen += 1
+        if isinstance(current, DBAPIError):
+            if current.connection_invalidated:
+                return True
+            sqlstate = getattr(current.orig, "sqlstate", None) or ""
+            if sqlstate.startswith(OUTAGE_SQLSTATE_PREFIXES):
+                return True
+            if "database is locked" in str(current.orig):  # SQLite's writer held past busy_timeout
+                return True
+        elif isinstance(
+            current, SQLAlchemyTimeout | OSError | TimeoutError | BotoConnectionError | HTTPClientError
+        ):
+            # Pool checkout timed out; refused, reset or timed out connections (to PostgreSQL or S3).
+            return True
+        elif isinstance(current, ClientError):
+            status = current.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status >= 500:  # S3's SlowDown, InternalError, ServiceUnavailable
+                return True
+        elif type(current).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and (
+            "closed" in str(current) or "connection" in str(current)
+        ):
+            return True  # asyncpg: the connection was lost mid-operation
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @dataclass
@@ -68,24 +107,42 @@ class GatewayContext:
 
         Afterwards the request's loaders start afresh, so later fields read what was written.
         """
+        body_done = False
         try:
             async with self.db.transaction() as session:
                 yield session
+                body_done = True
             if self._objects_to_delete and self.attachments is not None:
                 self.attachments.reaper.kick()  # committed: delete them now, off this request
         except IntegrityError as error:
             raise Conflict("the write conflicts with existing data (a unique key or reference)") from error
-        except DBAPIError as error:
-            # PostgreSQL picked this transaction as a deadlock victim (40P01), or could not take a
-            # lock (55P03), or a serialization failure (40001): the request is safe to retry.
-            if getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
-                raise Conflict(
-                    "a concurrent write to the same rows won; retry the request", retryable=True
+        except Exception as error:
+            if isinstance(error, GatewayError) or not is_outage(error):
+                conflict = self._retryable_conflict(error)
+                if conflict is error:
+                    raise
+                raise conflict from error
+            if body_done:
+                # Lost while committing: the database may have committed. Upserts and deletes by
+                # id are safe to send again; appending output is not (the client does not retry it).
+                raise ServiceUnavailable(
+                    "the connection to the database was lost while committing: the write may or may "
+                    "not have been stored; retrying an upsert or delete is safe",
+                    outcome="unknown",
                 ) from error
-            raise
+            raise ServiceUnavailable(OUTAGE_MESSAGE + " (nothing was written)", outcome="none") from error
         finally:
             self._objects_to_delete = False
             self.loaders = Loaders(self.db, self.access)
+
+    @staticmethod
+    def _retryable_conflict(error: Exception) -> Exception:
+        """A deadlock victim's error as a retryable CONFLICT; any other error as it is."""
+        # PostgreSQL picked this transaction as a deadlock victim (40P01), or could not take a
+        # lock (55P03), or a serialization failure (40001): the request is safe to retry.
+        if isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return Conflict("a concurrent write to the same rows won; retry the request", retryable=True)
+        return error
 
 
 Info = strawberry.Info[GatewayContext, None]

@@ -6,6 +6,7 @@ parsing and validating each request again was most of a small request's CPU. The
 in entries and in the size of the texts it keeps, so unique documents cannot grow memory.
 """
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -13,6 +14,7 @@ from typing import Any
 
 from graphql import (
     DocumentNode,
+    FloatValueNode,
     GraphQLError,
     GraphQLSchema,
     Lexer,
@@ -28,6 +30,8 @@ from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
+
+from gateway.validation import NON_FINITE_PROBLEM, string_problem
 
 MAX_CACHED_QUERY_CHARS = 16_384  # longer texts are prepared per request, never kept
 MAX_CACHED_DOCUMENTS = 512  # so the cache holds at most ~8 MiB of query text
@@ -46,14 +50,19 @@ def count_tokens(query: str) -> int | None:
     return count
 
 
-class _StringLiterals(Visitor):
+class _Literals(Visitor):
+    """The first literal of the document that cannot be stored (NUL, a float beyond a double)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.has_nul = False
+        self.problem: str | None = None
 
     def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
-        if "\x00" in node.value:
-            self.has_nul = True
+        self.problem = self.problem or string_problem(node.value)
+
+    def enter_float_value(self, node: FloatValueNode, *_: Any) -> None:
+        if not math.isfinite(float(node.value)):
+            self.problem = self.problem or f"{node.value}: {NON_FINITE_PROBLEM}"
 
 
 @dataclass(eq=False)
@@ -81,11 +90,12 @@ class PreparedDocument:
         return [item for item in document.definitions if isinstance(item, OperationDefinitionNode)]
 
     @cached_property
-    def has_nul_literal(self) -> bool:
-        literals = _StringLiterals()
+    def literal_problem(self) -> str | None:
+        """Why a literal of the document cannot be stored (NUL, a float beyond a double), or None."""
+        literals = _Literals()
         if self.document is not None:
             visit(self.document, literals)
-        return literals.has_nul
+        return literals.problem
 
     def validation_errors(self, schema: GraphQLSchema, rules: tuple[Any, ...]) -> list[GraphQLError]:
         """The document's validation errors under these rules (the schema's, always the same)."""

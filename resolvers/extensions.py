@@ -1,6 +1,6 @@
 """Schema extensions: every error carries `extensions.code`; unexpected ones are masked and logged
-with the request id; requests that cannot be run or stored (NUL characters, values nested too deep,
-several operations without a name) are refused before anything runs."""
+with the request id; requests that cannot be run or stored (NUL characters, lone surrogates, NaN,
+values nested too deep, several operations without a name) are refused before anything runs."""
 
 import logging
 import re
@@ -8,44 +8,61 @@ from collections.abc import Iterator
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import GraphQLError
+from graphql import (
+    GraphQLError,
+    GraphQLInputObjectType,
+    GraphQLSchema,
+    ListTypeNode,
+    NamedTypeNode,
+    NonNullTypeNode,
+    OperationDefinitionNode,
+    TypeNode,
+)
 from strawberry.extensions import SchemaExtension
 
 from gateway.errors import BadUserInput, GatewayError
+from gateway.validation import value_problem
+from resolvers.context import OUTAGE_MESSAGE, is_outage
 from resolvers.documents import prepared_for
 
 logger = logging.getLogger("gateway.errors")
-NUL_PROBLEM = "strings must not contain NUL (\\u0000) characters"
-MAX_JSON_DEPTH = 64
+RETRY_AFTER_SECONDS = "1"
 SUGGESTION = re.compile(r" ?Did you mean .*\?$")
 
 
-def variable_problem(variables: Any) -> str | None:
-    """Why the variables cannot be stored, walking them without recursion (a value nested
-    thousands deep must get an answer, not exhaust the stack)."""
-    pending = [(variables, 0)]
-    while pending:
-        value, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"values may be nested at most {MAX_JSON_DEPTH} levels deep"
-        if isinstance(value, str):
-            if "\x00" in value:
-                return NUL_PROBLEM
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if "\x00" in str(key):
-                    return NUL_PROBLEM
-                pending.append((item, depth + 1))
-        elif isinstance(value, list):
-            pending.extend((item, depth + 1) for item in value)
+def _batch_variables(operation: OperationDefinitionNode | None, schema: GraphQLSchema) -> set[str]:
+    """Variables holding a list of input objects (ingestSteps' steps): a batch, whose items the
+    resolver checks one by one, so that one bad item fails alone."""
+    names: set[str] = set()
+    for definition in (operation.variable_definitions if operation else None) or ():
+        type_node: TypeNode = definition.type
+        if isinstance(type_node, NonNullTypeNode):
+            type_node = type_node.type
+        if isinstance(type_node, ListTypeNode):
+            named = type_node.type.type if isinstance(type_node.type, NonNullTypeNode) else type_node.type
+            if isinstance(named, NamedTypeNode) and isinstance(
+                schema.get_type(named.name.value), GraphQLInputObjectType
+            ):
+                names.add(definition.variable.name.value)
+    return names
+
+
+def variables_problem(variables: dict[str, Any], batches: set[str]) -> str | None:
+    """Why a request's variables cannot be stored (see gateway.validation), or None."""
+    for name, value in variables.items():
+        # A batch's items are checked by its resolver, except for what no item may hold.
+        found = value_problem(value, f"${name}", surrogates=name not in batches)
+        if found is not None:
+            where, problem = found
+            return f"`{where}`: {problem}"
     return None
 
 
 class RequestChecks(SchemaExtension):
     """Refuse, before anything runs:
-    - strings holding NUL: PostgreSQL cannot store them, SQLite would; refused in literals and
-      variables alike, so both databases answer the same;
-    - variables nested deeper than MAX_JSON_DEPTH;
+    - values that cannot be stored (see gateway.validation): NUL characters (PostgreSQL cannot
+      store them, SQLite would), lone surrogates, NaN and Infinity, values nested deeper than
+      MAX_JSON_DEPTH; in literals and variables alike, so both databases answer the same;
     - a document of several operations without `operationName` (the GraphQL specification's
       rule; strawberry would run the first)."""
 
@@ -53,13 +70,17 @@ class RequestChecks(SchemaExtension):
         context = self.execution_context
         problem: str | None = None
         prepared = prepared_for(context)
+        operation: OperationDefinitionNode | None = None
         if context.graphql_document is not None and prepared is not None:
+            operations = prepared.operations
             # `operation_name` falls back to the first operation's name; only what was sent counts.
-            if len(prepared.operations) > 1 and context._provided_operation_name is None:
+            if len(operations) > 1 and context._provided_operation_name is None:
                 problem = "the document has several operations: say which to run with `operationName`"
-            if prepared.has_nul_literal:
-                problem = NUL_PROBLEM
-        problem = variable_problem(context.variables or {}) or problem
+            named = [item for item in operations if item.name and item.name.value == context.operation_name]
+            operation = named[0] if named else operations[0] if len(operations) == 1 else None
+            problem = prepared.literal_problem or problem
+        batches = _batch_variables(operation, context.schema._schema)
+        problem = variables_problem(context.variables or {}, batches) or problem
         if problem is not None:
             error = BadUserInput(problem)
             context.result = GraphQLExecutionResult(
@@ -86,6 +107,17 @@ class ErrorCodes(SchemaExtension):
         errors = getattr(result, "errors", None)
         if errors:
             result.errors = [self._shape(error) for error in errors]  # type: ignore[union-attr]
+            self._answer_unavailable(result.errors, getattr(result, "data", None))  # type: ignore[union-attr]
+
+    def _answer_unavailable(self, errors: list[GraphQLError], data: Any) -> None:
+        """HTTP 503 with Retry-After when an outage is the only error and nothing succeeded, so
+        proxies, load balancers and plain HTTP clients see it is worth retrying."""
+        codes = {(error.extensions or {}).get("code") for error in errors}
+        nothing_done = data is None or not any(value is not None for value in data.values())
+        response = getattr(self.execution_context.context, "response", None)
+        if codes == {"SERVICE_UNAVAILABLE"} and nothing_done and response is not None:
+            response.status_code = 503
+            response.headers["Retry-After"] = RETRY_AFTER_SECONDS
 
     def _request_id(self) -> str:
         context = self.execution_context.context
@@ -111,6 +143,14 @@ class ErrorCodes(SchemaExtension):
                 message = SUGGESTION.sub("", message)
             return _with_code(error, message, (error.extensions or {}).get("code", code), {})
         request_id = self._request_id()
+        if is_outage(original):
+            logger.warning(
+                "database or object store unreachable in %s (request %s): %r",
+                ".".join(str(part) for part in error.path),
+                request_id,
+                original,
+            )
+            return _with_code(error, OUTAGE_MESSAGE, "SERVICE_UNAVAILABLE", {"retryable": True})
         logger.error(
             "unexpected error in %s (request %s)",
             ".".join(str(part) for part in error.path),

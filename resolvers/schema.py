@@ -12,6 +12,7 @@ from gateway.observability import OperationInfo
 from resolvers.documents import CachedDocuments
 from resolvers.elements.mutations import ElementMutations
 from resolvers.elements.queries import ElementQueries
+from resolvers.execution import MutationsInOrder
 from resolvers.extensions import ErrorCodes, RequestChecks
 from resolvers.feedback.mutations import FeedbackMutations
 from resolvers.limits import QueryLimits
@@ -43,6 +44,7 @@ def build_schema(**kwargs: Any) -> strawberry.Schema:
         # OperationInfo first: it finishes last, so it sees the codes ErrorCodes gives.
         extensions=[OperationInfo, ErrorCodes, RequestChecks, QueryLimits, CachedDocuments],
         config=StrawberryConfig(scalar_map=SCALARS),
+        execution_context_class=MutationsInOrder,
         **kwargs,
     )
 

@@ -6,6 +6,7 @@ half is skipped locally, and fails in CI (CI=true), where a skip would hide miss
 """
 
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -15,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import boto3
 import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
+from moto.server import ThreadedMotoServer
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
@@ -262,3 +265,51 @@ def statement_log(db: Database) -> Iterator[StatementLog]:
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+# S3: a real S3 protocol server (moto), shared by the element and fault tests.
+BUCKET = "gateway-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class S3Server:
+    """moto's S3 server on a fixed port, which can be stopped and started again (its data stays:
+    it lives in this process)."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadedMotoServer | None = None
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.url)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ[name] = value
+    server = S3Server()
+    server.start()
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()

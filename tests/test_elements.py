@@ -8,19 +8,16 @@ on both stores and both databases.
 import hashlib
 import json
 import os
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
-from moto.server import ThreadedMotoServer
 from starlette.applications import Starlette
 
 from gateway.attachments import Attachments
@@ -29,58 +26,23 @@ from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.storage import PART_SIZE
 from gateway.tables import pending_uploads_table
-from tests.conftest import TEST_API_KEY, Api, clear_tables, client_of, new_uuid, running, user_token
+from tests.conftest import (
+    BUCKET,
+    TEST_API_KEY,
+    Api,
+    S3Server,
+    clear_tables,
+    client_of,
+    new_uuid,
+    running,
+    user_token,
+)
 
-BUCKET = "gateway-test"
 CREATE = """
 mutation($input: ElementInput!, $file: Upload) {
   createElement(input: $input, file: $file) { id name mime sizeBytes objectKey url threadId forId }
 }"""
 ELEMENT = "query($id: ID!) { element(id: $id) { id url sizeBytes } }"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class S3Server:
-    """moto's S3 server on a fixed port, which can be stopped and started again (its data stays:
-    it lives in this process)."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: ThreadedMotoServer | None = None
-
-    def start(self) -> None:
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def client(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.url)
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    for name, value in (
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ):
-        os.environ[name] = value
-    server = S3Server()
-    server.start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
 
 
 @dataclass

@@ -49,6 +49,10 @@ class World:
 
 @pytest.fixture
 async def world(api: Api) -> World:
+    return await make_world(api)
+
+
+async def make_world(api: Api) -> World:
     user = await api.ok(
         'mutation { upsertUser(input: {identifier: "ada@example.com", metadata: {role: "admin"}}) { id } }'
     )

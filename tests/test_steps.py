@@ -339,6 +339,8 @@ async def test_a_batch_mixing_good_and_bad_steps_writes_the_good_ones_in_order(a
 async def test_a_retried_batch_changes_nothing(api: Api) -> None:
     thread_id, existing = new_uuid(), new_uuid()
     await upsert_step(api, id=existing, threadId=thread_id, name="old", type="run", metadata={"k": 1})
+    # The batch's new steps are dated up to a few milliseconds before it runs: later than `existing`.
+    await asyncio.sleep(0.02)
     batch = [
         {"id": existing, "threadId": thread_id, "output": "answer", "metadata": {"k": None, "n": 2}},
         *({"id": new_uuid(), "threadId": thread_id, "output": f"turn {index}"} for index in range(5)),

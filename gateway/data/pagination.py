@@ -22,6 +22,7 @@ from gateway.data.common import dialect_name
 from gateway.errors import BadUserInput
 from gateway.ids import normalize_id
 from gateway.tables import UUIDText
+from gateway.validation import string_problem
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -95,8 +96,9 @@ class Ordering:
         try:
             padded = cursor + "=" * (-len(cursor) % 4)
             name, values = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
-        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as error:
-            raise BadUserInput(f"`{argument}` is not a valid cursor", argument=argument) from error
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+            # `from None`: a RecursionError's thousands of frames need not be kept.
+            raise BadUserInput(f"`{argument}` is not a valid cursor", argument=argument) from None
         if name != self.name:
             raise BadUserInput(
                 f"`{argument}` is a cursor of another list or order ({name}), not of {self.name}",
@@ -106,7 +108,7 @@ class Ordering:
         if (
             not isinstance(values, list)
             or len(values) != len(self.columns)
-            or not all(isinstance(value, str) and "\x00" not in value for value in values)
+            or not all(isinstance(value, str) and string_problem(value) is None for value in values)
         ):
             raise BadUserInput(f"`{argument}` is not a valid cursor", argument=argument)
         try:

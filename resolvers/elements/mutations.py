@@ -3,7 +3,6 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import strawberry
 from strawberry.file_uploads import Upload
@@ -11,13 +10,14 @@ from strawberry.file_uploads import Upload
 from gateway import tables
 from gateway.attachments import chunks_of
 from gateway.data import elements, object_deletions
-from gateway.data.access import EVERYTHING
+from gateway.data.access import EVERYTHING, not_yours
 from gateway.data.threads import ensure_thread
 from gateway.errors import BadUserInput, Conflict, NotFound
 from gateway.ids import new_id
 from gateway.storage import too_large
 from gateway.timestamps import format_timestamp, utc_now
-from resolvers.context import GatewayContext, Info
+from gateway.validation import ELEMENT_LIMITS, check_input, checked_url
+from resolvers.context import GatewayContext, Info, is_outage
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import DateTime, JSONObject
 from resolvers.types import DeletePayload, Element
@@ -129,10 +129,9 @@ def _check_mime(mime: str | None) -> None:
 def _checked_input(input: ElementInput) -> tuple[str, str | None, str]:
     if not input.name.strip():
         raise BadUserInput("`name` must not be empty", field="name")
+    check_input(input, "input", ELEMENT_LIMITS)
     _check_mime(input.mime)
-    if input.url is not None and urlsplit(input.url).scheme.lower() not in ("http", "https"):
-        # Clients render it as a link: javascript: or data: URLs would run in their pages.
-        raise BadUserInput("`url` must be an http or https URL", field="url")
+    input.url = checked_url(input.url, "input.url")
     return (
         parse_id(input.thread_id, "input.threadId"),
         parse_optional_id(input.for_id, "input.forId"),
@@ -175,9 +174,17 @@ class ElementMutations:
         if file is not None:
             files.policy.check_mime(mime)
             object_key = files.new_key(thread_id, element_id)
-            size_bytes = await files.store.put(
-                object_key, chunks_of(file), content_type=mime, max_bytes=files.policy.max_bytes
-            )
+            try:
+                size_bytes = await files.store.put(
+                    object_key, chunks_of(file), content_type=mime, max_bytes=files.policy.max_bytes
+                )
+            except Exception as error:
+                if is_outage(error):
+                    # The store timed out or went away mid-upload: it may still have kept some or
+                    # all of it. No row names the key; the reaper deletes it once the store is back.
+                    async with context.write() as session:
+                        await context.forget_objects(session, [object_key])
+                raise
         values = _element_values(input, element_id=element_id, thread_id=thread_id, for_id=for_id, mime=mime)
         values.update(objectKey=object_key, sizeBytes=size_bytes)
         created = False
@@ -216,6 +223,12 @@ class ElementMutations:
         async with context.write() as session:
             taken = await elements.get_elements_by_ids(session, ids=[element_id], access=EVERYTHING)
             if taken:
+                if element_id not in await elements.get_elements_by_ids(
+                    session, ids=[element_id], access=context.access
+                ):
+                    # Another user's element: the answer of every path that reaches beyond the
+                    # caller (not "exists already", which would tell that it exists).
+                    raise not_yours("element", element_id)
                 raise Conflict(f"element {element_id} exists already", field="id")
             await object_deletions.add_pending_upload(
                 session,

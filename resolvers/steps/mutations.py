@@ -8,6 +8,7 @@ from gateway.data.common import KEEP
 from gateway.data.steps import StepChanges, StepRow, StepWrite
 from gateway.errors import BadUserInput, GatewayError
 from gateway.timestamps import format_timestamp, utc_now
+from gateway.validation import STEP_LIMITS, check_input
 from resolvers.context import Info
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import DateTime, JSONObject
@@ -64,6 +65,7 @@ def _given(value: Any) -> Any:
 def step_changes(step_input: StepInput) -> tuple[str, str | None, StepChanges]:
     """Validate a step input into (step id, thread id or None, changes)."""
     step_id = parse_id(step_input.id, "input.id")
+    check_input(step_input, "input", STEP_LIMITS)
     thread_id = None if step_input.thread_id is strawberry.UNSET else step_input.thread_id
     if step_input.thread_id is None:
         raise BadUserInput("`threadId` cannot be null", field="threadId")

@@ -5,6 +5,7 @@ from gateway.data.common import KEEP
 from gateway.data.threads import ThreadChanges
 from gateway.errors import BadUserInput
 from gateway.timestamps import utc_now
+from gateway.validation import IDENTIFIER, JSON_VALUE, NAME, TAGS, check_input
 from resolvers.context import Info
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import DateTime, JSONObject
@@ -29,6 +30,9 @@ class ThreadInput:
     )
 
 
+THREAD_LIMITS = {"name": NAME, "user_identifier": IDENTIFIER, "tags": TAGS, "metadata": JSON_VALUE}
+
+
 @strawberry.type
 class ThreadMutations:
     @strawberry.mutation(
@@ -37,6 +41,7 @@ class ThreadMutations:
     )
     async def upsert_thread(self, info: Info, input: ThreadInput) -> Thread:
         thread_id = parse_id(input.id, "input.id")
+        check_input(input, "input", THREAD_LIMITS)
         if input.metadata is None:
             raise BadUserInput("`metadata` cannot be null; to delete a key, set it to null", field="metadata")
         if input.created_at is None:

@@ -2,6 +2,7 @@ import strawberry
 
 from gateway.data import users
 from gateway.errors import BadUserInput, Forbidden
+from gateway.validation import IDENTIFIER, JSON_VALUE, check_input
 from resolvers.context import Info
 from resolvers.ids import parse_id, parse_optional_id
 from resolvers.scalars import JSONObject
@@ -17,6 +18,9 @@ class UserInput:
     )
 
 
+USER_LIMITS = {"identifier": IDENTIFIER, "metadata": JSON_VALUE}
+
+
 @strawberry.type
 class UserMutations:
     @strawberry.mutation(
@@ -27,6 +31,7 @@ class UserMutations:
         user_id = parse_optional_id(input.id, "input.id")
         if not input.identifier.strip():
             raise BadUserInput("`identifier` must not be empty", field="identifier")
+        check_input(input, "input", USER_LIMITS)
         caller = info.context.caller
         if caller.user_id is not None and (
             input.identifier != caller.name or user_id not in (None, caller.user_id)

@@ -3,16 +3,16 @@
 database answers as JSON show rows Chainlit wrote (microseconds, no zone) like the gateway's own.
 Text that is no timestamp comes back as it is. SQLite gets the Python function on each connection.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
