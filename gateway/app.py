@@ -175,7 +175,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             return None
         if not isinstance(payload, dict):
             return None
-        caller = request.scope["state"]["caller"]
+        context = await self.get_context(request, None)  # type: ignore[arg-type]
 
         async def answer() -> CompiledAnswer | None:
             assert self.compiled_reads is not None
@@ -183,8 +183,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 query=payload.get("query"),
                 variables=payload.get("variables"),
                 operation_name=payload.get("operationName"),
-                access=caller.access,
-                base_url=str(request.base_url),
+                context=context,
             )
 
         compiled = await answer()
@@ -192,8 +191,8 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             return None
         record = current_record()
         if record is not None:  # what OperationInfo records of the resolvers' operations
-            record.operation, record.operation_type = compiled.operation, "query"
-        if self.verify_compiled_reads:
+            record.operation, record.operation_type = compiled.operation, compiled.operation_type
+        if self.verify_compiled_reads and compiled.operation_type == "query":  # a write runs once
             return await self._verified(request, compiled, answer)
         return Response(compiled.body, media_type="application/json")
 

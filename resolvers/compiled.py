@@ -9,13 +9,18 @@ as the resolvers would returns None, and the request runs on the resolver path, 
 it (errors included): fields it does not cover (an element's URL is signed at read time,
 introspection, `@skip`/`@include`), an argument the resolvers would refuse, variables that do not
 coerce, a limit exceeded, a database error. The contract never depends on the compiler.
+
+A document of one mutation field (`upsertStep`, `appendStepOutput`, `upsertFeedback`...) whose
+selection is only fields its result holds skips graphql-core's execution too: its resolver is
+called with the same arguments, and its result written out as graphql-core would complete it. A
+write the resolver refuses was rolled back, and the resolvers run the request again to answer it.
 """
 
 import functools
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -26,7 +31,10 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLField,
+    GraphQLList,
+    GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLScalarType,
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
@@ -42,14 +50,14 @@ from strawberry.utils.str_converters import to_camel_case
 
 from gateway.attachments import Attachments
 from gateway.data import json_reads
-from gateway.data.access import Access
 from gateway.data.pagination import PageRequest
 from gateway.data.threads import ThreadFilter
 from gateway.database import Database
 from gateway.errors import GatewayError
 from resolvers.connection import page_request
+from resolvers.context import GatewayContext
 from resolvers.documents import PreparedDocument, prepare
-from resolvers.extensions import variables_problem
+from resolvers.extensions import batch_variables, variables_problem
 from resolvers.ids import parse_id
 from resolvers.limits import Limits, check_operation
 from resolvers.threads.queries import OrderDirection, ThreadOrder
@@ -147,7 +155,7 @@ class Arguments:
     def of(self, field: GraphQLField, node: FieldNode) -> dict[str, Any]:
         """The field's arguments by their Python names (`filter_`, `order_by`)."""
         values = get_argument_values(field, node, self.variables)
-        if not any(isinstance(value, dict) for value in values.values()):
+        if not any(isinstance(value, dict | list) for value in values.values()):
             return values  # scalars only (page sizes, cursors, ids): nothing to convert, same names
         definition = field.extensions["strawberry-definition"]
         converted: dict[str, Any] = {}
@@ -156,9 +164,9 @@ class Arguments:
             if name not in values:
                 continue
             value = values[name]
-            if isinstance(value, dict):
+            if isinstance(value, dict | list):
                 plain = _plain_input(argument)
-                if plain is None:  # enums, nested inputs: strawberry's own conversion
+                if plain is None:  # enums, nested inputs, lists of scalars: strawberry's conversion
                     return convert_arguments(
                         values,
                         definition.arguments,
@@ -166,7 +174,10 @@ class Arguments:
                         config=self.schema.config,
                     )
                 input_class, attributes = plain
-                value = input_class(**{attributes[key]: item for key, item in value.items()})
+                if isinstance(value, list):  # a batch of inputs (ingestSteps)
+                    value = [input_class(**{attributes[key]: v for key, v in item.items()}) for item in value]
+                else:
+                    value = input_class(**{attributes[key]: item for key, item in value.items()})
             converted[argument.python_name] = value
         return converted
 
@@ -176,8 +187,9 @@ def _plain_input(argument: StrawberryArgument) -> tuple[type, dict[str, str]] | 
     """An input argument whose fields are all scalars or lists of scalars (a filter), as its class
     and its fields' Python names by GraphQL name: graphql-core has parsed every value already, so
     the instance is made directly (strawberry's general conversion costs more than the read)."""
-    argument_type = argument.type
-    input_class = getattr(argument_type, "of_type", argument_type)
+    input_class = argument.type
+    while hasattr(input_class, "of_type"):  # optional, list
+        input_class = input_class.of_type
     definition = getattr(input_class, "__strawberry_definition__", None)
     if definition is None or not definition.is_input:
         return None
@@ -367,6 +379,52 @@ class _Translator:
 
         return bind
 
+    def mutation(self, operation: OperationDefinitionNode) -> "MutationTemplate":
+        mutation_type = self.schema.mutation_type
+        assert mutation_type is not None
+        [(key, fields), *others] = self.fields(operation.selection_set, mutation_type).items()
+        name = fields[0].name.value
+        if others or name == "__typename":
+            raise NotCompiled("several mutation fields")  # they run in order: the resolvers' work
+        field = mutation_type.fields[name]
+        resolver = field.extensions["strawberry-definition"].base_resolver.wrapped_func
+        return MutationTemplate(operation, key, field, fields[0], resolver, self.output(field.type, fields))
+
+    def output(self, graphql_type: Any, fields: list[FieldNode]) -> Callable[[Any], Any]:
+        """The JSON-ready value of a result for this selection, as graphql-core completes it."""
+        required = isinstance(graphql_type, GraphQLNonNull)
+        of_type = graphql_type.of_type if required else graphql_type
+        convert: Callable[[Any], Any]
+        if isinstance(of_type, GraphQLList):
+            item = self.output(of_type.of_type, fields)
+            convert = lambda value: [item(each) for each in value]  # noqa: E731
+        elif isinstance(of_type, GraphQLScalarType):
+            convert = of_type.serialize
+        elif isinstance(of_type, GraphQLObjectType):
+            convert = self._object_output(of_type, fields)
+        else:
+            raise NotCompiled(str(of_type))  # enums: strawberry's conversion
+        if required:
+            return convert
+        return lambda value: None if value is None else convert(value)
+
+    def _object_output(self, object_type: GraphQLObjectType, fields: list[FieldNode]) -> Callable[[Any], Any]:
+        members: list[tuple[str, str | None, Callable[[Any], Any]]] = []
+        for key, selected in self._sub(fields, object_type).items():
+            name = selected[0].name.value
+            if name == "__typename":
+                members.append((key, None, _constant(object_type.name)))
+                continue
+            field = object_type.fields[name]
+            definition = field.extensions.get("strawberry-definition")
+            if definition is None or definition.base_resolver is not None or field.args:
+                raise NotCompiled(f"{object_type.name}.{name}")  # resolved by a function of its own
+            members.append((key, definition.python_name, self.output(field.type, selected)))
+        return lambda value: {
+            key: convert(value if attribute is None else getattr(value, attribute))
+            for key, attribute, convert in members
+        }
+
     def root(self, operation: OperationDefinitionNode) -> Callable[[Arguments], list[json_reads.RootMember]]:
         if operation.operation is not OperationType.QUERY:
             raise NotCompiled("not a query")
@@ -437,6 +495,27 @@ def _constant(value: Any) -> Callable[[Arguments], Any]:
     return lambda _arguments: value
 
 
+@dataclass(frozen=True, eq=False)
+class MutationTemplate:
+    """A document of one mutation field whose answer is only fields its result already holds
+    (no field with a resolver of its own): its resolver is called directly, and the answer
+    written out from the result, without graphql-core's execution."""
+
+    operation: OperationDefinitionNode
+    key: str
+    field: GraphQLField
+    node: FieldNode
+    resolver: Callable[..., Awaitable[Any]]
+    output: Callable[[Any], Any]
+
+
+@dataclass
+class _ResolverInfo:
+    """What the mutation resolvers read of strawberry's Info: the request's context."""
+
+    context: GatewayContext
+
+
 @dataclass(frozen=True, eq=False)  # kept by identity: the statement cache's key
 class Template:
     operation: OperationDefinitionNode
@@ -445,12 +524,12 @@ class Template:
 
 def _template(
     schema: strawberry.Schema, prepared: PreparedDocument, operation_name: str | None
-) -> Template | None:
+) -> Template | MutationTemplate | None:
     """The operation's template, translated once per prepared document; None: not compiled."""
-    cache: dict[str | None, Template | None] = prepared.__dict__.setdefault("compiled", {})
+    cache: dict[str | None, Template | MutationTemplate | None] = prepared.__dict__.setdefault("compiled", {})
     if operation_name in cache:
         return cache[operation_name]
-    template: Template | None = None
+    template: Template | MutationTemplate | None = None
     document = prepared.document
     operations = prepared.operations
     if document is not None and (operation_name is not None or len(operations) == 1):
@@ -473,8 +552,12 @@ def _template(
                 for item in document.definitions
                 if isinstance(item, FragmentDefinitionNode)
             }
+            translator = _Translator(graphql_schema, fragments)
             try:
-                template = Template(operation, _Translator(graphql_schema, fragments).root(operation))
+                if operation.operation is OperationType.MUTATION:
+                    template = translator.mutation(operation)
+                else:
+                    template = Template(operation, translator.root(operation))
             except NotCompiled as reason:
                 logger.debug("not compiled (%s)", reason)
     cache[operation_name] = template
@@ -488,13 +571,15 @@ MARKED_URL = re.compile('"' + re.escape(json_reads.SIGN_MARKER) + r'(?:[^"\\]|\\
 @dataclass(frozen=True)
 class CompiledAnswer:
     body: bytes
-    operation: str | None  # the operation's name, for the log and the metrics
+    operation: str | None  # the operation's name and type, for the log and the metrics
+    operation_type: str
     signed_urls: list[str]  # the element URLs signed for this answer (the verify mode's exception)
 
 
 @dataclass
 class CompiledReads:
-    """Answers the query operations it covers with the database's JSON."""
+    """Answers the query operations it covers with the database's JSON, and a document of one
+    mutation whose answer its result holds by calling its resolver directly."""
 
     schema: strawberry.Schema
     db: Database
@@ -504,7 +589,7 @@ class CompiledReads:
     statements: json_reads.StatementCache = field(default_factory=json_reads.StatementCache)
 
     async def execute(
-        self, *, query: Any, variables: Any, operation_name: Any, access: Access, base_url: str = ""
+        self, *, query: Any, variables: Any, operation_name: Any, context: GatewayContext
     ) -> CompiledAnswer | None:
         """The answer, or None for the resolver path to answer."""
         if not isinstance(query, str) or not isinstance(operation_name, str | None):
@@ -515,9 +600,13 @@ class CompiledReads:
         if prepared.tokens is None or prepared.tokens > self.limits.max_tokens:
             return None
         template = _template(self.schema, prepared, operation_name)
-        if template is None or variables_problem(variables or {}, set()) is not None:
+        if template is None:
             return None
         graphql_schema = self.schema._schema
+        # A batch's items are checked one by one by its resolver (one bad item fails alone).
+        batches = batch_variables(template.operation, graphql_schema)
+        if variables_problem(variables or {}, batches) is not None:
+            return None
         problem, cost = check_operation(graphql_schema, prepared, operation_name, variables, self.limits)
         if problem is not None:
             return None
@@ -526,8 +615,26 @@ class CompiledReads:
         )
         if not isinstance(coerced, VariableValues):
             return None
+        arguments = Arguments(self.schema, coerced)
+        signed: list[str] = []
+        if isinstance(template, MutationTemplate):
+            data = await self._write(template, arguments, context)
+        else:
+            read = await self._read(template, arguments, context)
+            data, signed = read if read is not None else (None, [])
+        if data is None:
+            return None
+        self.hits += 1
+        extensions = orjson.dumps({"cost": {"requested": cost, "maximum": self.limits.max_cost}})
+        body = b'{"data":' + data + b',"extensions":' + extensions + b"}"
+        name = template.operation.name
+        return CompiledAnswer(body, name.value if name else None, template.operation.operation.value, signed)
+
+    async def _read(
+        self, template: Template, arguments: Arguments, context: GatewayContext
+    ) -> tuple[bytes, list[str]] | None:
         try:
-            members = template.bind(Arguments(self.schema, coerced))
+            members = template.bind(arguments)
         except GatewayError as refusal:
             # e.g. a bad cursor: the resolvers tell which field, with its path
             logger.debug("arguments refused (%s); answered by the resolvers", refusal.message)
@@ -537,7 +644,11 @@ class CompiledReads:
                 # One statement sees one snapshot: no transaction to begin and roll back.
                 autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
                 data = await json_reads.read_json(
-                    autocommit, members=members, access=access, statements=self.statements, selection=template
+                    autocommit,
+                    members=members,
+                    access=context.access,
+                    statements=self.statements,
+                    selection=template,
                 )
         except GatewayError as refusal:  # a cursor of another list: the resolvers say where
             logger.debug("arguments refused (%s); answered by the resolvers", refusal.message)
@@ -547,12 +658,30 @@ class CompiledReads:
             return None
         signed: list[str] = []
         if json_reads.SIGN_MARKER in data:
-            data, signed = await self._sign_urls(data, base_url)
-        self.hits += 1
-        extensions = orjson.dumps({"cost": {"requested": cost, "maximum": self.limits.max_cost}})
-        body = b'{"data":' + data.encode() + b',"extensions":' + extensions + b"}"
-        name = template.operation.name
-        return CompiledAnswer(body, name.value if name else None, signed)
+            data, signed = await self._sign_urls(data, context.base_url)
+        return data.encode(), signed
+
+    async def _write(
+        self, template: MutationTemplate, arguments: Arguments, context: GatewayContext
+    ) -> bytes | None:
+        """The mutation's resolver, called as graphql-core would call it. When it fails before
+        anything was committed (a refusal, an error rolled back), None: the resolvers run the
+        request again and answer it, error and all. A failure after a commit is raised."""
+        try:
+            result = await template.resolver(
+                None, _ResolverInfo(context), **arguments.of(template.field, template.node)
+            )
+        except Exception as error:
+            unknown = isinstance(error, GatewayError) and error.extensions.get("outcome") == "unknown"
+            if context.committed or unknown:
+                raise  # written, or maybe: running it again could write twice
+            logger.debug("compiled write refused (%s); answered by the resolvers", error)
+            return None
+        data = {template.key: template.output(result)}
+        try:
+            return orjson.dumps(data)
+        except TypeError:  # an integer past 64 bits (valid JSON): the standard encoder writes it
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def _sign_urls(self, data: str, base_url: str) -> tuple[str, list[str]]:
         """Elements' URLs signed now, in place of the markers the database wrote for them."""

@@ -72,6 +72,8 @@ class GatewayContext:
     response: Any = None
     loaders: Loaders = field(init=False)
     _objects_to_delete: bool = field(default=False, init=False)
+    # A write of this request committed (the compiled path may then not run the request again).
+    committed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.loaders = Loaders(self.db, self.access)
@@ -112,6 +114,7 @@ class GatewayContext:
             async with self.db.transaction() as session:
                 yield session
                 body_done = True
+            self.committed = True
             if self._objects_to_delete and self.attachments is not None:
                 self.attachments.reaper.kick()  # committed: delete them now, off this request
         except IntegrityError as error:

@@ -30,7 +30,7 @@ RETRY_AFTER_SECONDS = "1"
 SUGGESTION = re.compile(r" ?Did you mean .*\?$")
 
 
-def _batch_variables(operation: OperationDefinitionNode | None, schema: GraphQLSchema) -> set[str]:
+def batch_variables(operation: OperationDefinitionNode | None, schema: GraphQLSchema) -> set[str]:
     """Variables holding a list of input objects (ingestSteps' steps): a batch, whose items the
     resolver checks one by one, so that one bad item fails alone."""
     names: set[str] = set()
@@ -79,7 +79,7 @@ class RequestChecks(SchemaExtension):
             named = [item for item in operations if item.name and item.name.value == context.operation_name]
             operation = named[0] if named else operations[0] if len(operations) == 1 else None
             problem = prepared.literal_problem or problem
-        batches = _batch_variables(operation, context.schema._schema)
+        batches = batch_variables(operation, context.schema._schema)
         problem = variables_problem(context.variables or {}, batches) or problem
         if problem is not None:
             error = BadUserInput(problem)

@@ -309,9 +309,10 @@ async def test_the_history_read_is_one_statement(database_url: str, db: Database
     async with running(settings) as application, client_of(application) as client:
         backend = client.with_headers(Authorization=f"Bearer {TEST_API_KEY}")
         world = await build_world(backend, db)
+        before = _hits(application)
         with statement_log(application.state.db) as log:
             data = await backend.ok(HISTORY, user=world.alice)
-        assert application.state.compiled_reads.hits == 1
+        assert _hits(application) == before + 1
         assert log.count == 1, log.statements
         names = [edge["node"]["name"] for edge in data["threads"]["edges"]]
         assert sorted(names) == ["Alice's secret plans", "Alice's shared recipe"]
@@ -386,3 +387,65 @@ async def test_refused_arguments_get_the_resolvers_error(callers: dict[str, Api]
     assert error["path"] == ["threads"]
     error = await callers["backend"].error("{ threads(first: 101) { edges { cursor } } }")
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+# --- writes: a single mutation field whose answer its result holds is run without graphql-core ---
+
+UPSERT = "mutation Up($i: StepInput!) { upsertStep(input: $i) { id output streaming createdAt __typename } }"
+APPEND = "mutation($id: ID!, $d: String!) { appendStepOutput(id: $id, delta: $d) { output } }"
+
+
+async def test_a_step_write_is_answered_without_graphql_execution(
+    callers: dict[str, Api], world: World, secured_app: Starlette
+) -> None:
+    backend = callers["backend"]
+    step_id = new_uuid()
+    before = _hits(secured_app)
+    data = await backend.ok(UPSERT, i={"id": step_id, "threadId": world.private, "output": "Hel"})
+    assert data["upsertStep"]["id"] == step_id and data["upsertStep"]["output"] == "Hel"
+    assert data["upsertStep"]["streaming"] is False and data["upsertStep"]["__typename"] == "Step"
+    assert data["upsertStep"]["createdAt"].endswith("Z")
+    assert (await backend.ok(APPEND, id=step_id, d="lo"))["appendStepOutput"] == {"output": "Hello"}
+    assert _hits(secured_app) == before + 2
+    # What the database holds, read back: each write happened once.
+    step = await backend.ok("query($id: ID!) { step(id: $id) { output } }", id=step_id)
+    assert step == {"step": {"output": "Hello"}}
+
+
+async def test_a_refused_write_is_answered_by_the_resolvers_and_writes_nothing(
+    callers: dict[str, Api], world: World, secured_app: Starlette
+) -> None:
+    """A write the resolver refuses is rolled back, then run on the resolvers, which answer the
+    refusal with its path; an append is not applied twice."""
+    alice, bob = callers["alice"], callers["bob"]
+    error = await bob.error(APPEND, id=world.step, d=" leaked")
+    assert error["extensions"]["code"] == "NOT_FOUND" and error["path"] == ["appendStepOutput"]
+    missing = await alice.error(APPEND, id=new_uuid(), d="x")
+    assert missing["extensions"]["code"] == "NOT_FOUND"
+    step = await alice.ok("query($id: ID!) { step(id: $id) { output } }", id=world.step)
+    assert step == {"step": {"output": "secret"}}
+    before = _hits(secured_app)
+    assert (await alice.ok(APPEND, id=world.step, d="!"))["appendStepOutput"] == {"output": "secret!"}
+    assert _hits(secured_app) == before + 1
+
+
+async def test_writes_it_does_not_cover_run_on_the_resolvers(
+    callers: dict[str, Api], world: World, secured_app: Starlette
+) -> None:
+    """A field resolved by a function of its own (a step's thread), or several mutation fields
+    (they run in order, each answering for itself), go through graphql-core."""
+    backend = callers["backend"]
+    before = _hits(secured_app)
+    data = await backend.ok(
+        "mutation($i: StepInput!) { upsertStep(input: $i) { id thread { name } } }",
+        i={"id": new_uuid(), "threadId": world.private},
+    )
+    assert data["upsertStep"]["thread"] == {"name": "Alice's secret plans"}
+    both = await backend.ok(
+        "mutation($a: StepInput!, $b: StepInput!) {"
+        " a: upsertStep(input: $a) { id } b: upsertStep(input: $b) { id } }",
+        a={"id": new_uuid(), "threadId": world.private},
+        b={"id": new_uuid(), "threadId": world.private},
+    )
+    assert set(both) == {"a", "b"}
+    assert _hits(secured_app) == before
