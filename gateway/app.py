@@ -169,12 +169,10 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if self.compiled_reads is None or request.method != "POST" or content_type != "application/json":
             return None
-        try:
-            payload = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(payload, dict):
-            return None
+        try:  # the body parsed as the resolvers' path parses it (exact integers, strict JSON)
+            payload = loads_strict(await request.body())
+        except ValueError:
+            return None  # the resolvers' path answers the refusal
         context = await self.get_context(request, None)  # type: ignore[arg-type]
 
         async def answer() -> CompiledAnswer | None:
@@ -192,6 +190,10 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         record = current_record()
         if record is not None:  # what OperationInfo records of the resolvers' operations
             record.operation, record.operation_type = compiled.operation, compiled.operation_type
+            record.error_codes.extend(compiled.error_codes)
+        if compiled.status == 503:  # an outage, nothing done: worth retrying (see ErrorCodes)
+            headers = {"Retry-After": RETRY_AFTER_SECONDS}
+            return Response(compiled.body, 503, headers=headers, media_type="application/json")
         if self.verify_compiled_reads and compiled.operation_type == "query":  # a write runs once
             return await self._verified(request, compiled, answer)
         return Response(compiled.body, media_type="application/json")

@@ -30,6 +30,7 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
+    GraphQLError,
     GraphQLField,
     GraphQLList,
     GraphQLNonNull,
@@ -573,7 +574,27 @@ class CompiledAnswer:
     body: bytes
     operation: str | None  # the operation's name and type, for the log and the metrics
     operation_type: str
-    signed_urls: list[str]  # the element URLs signed for this answer (the verify mode's exception)
+    signed_urls: list[str]
+    status: int = 200
+    error_codes: tuple[str, ...] = ()
+
+
+class WriteFailed(Exception):
+    """A compiled write that failed where running it again is not safe (an outage, a lost
+    commit, a retryable conflict): the answer is its error, as the resolvers give it."""
+
+    def __init__(self, template: MutationTemplate, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+        located = GraphQLError(
+            error.message,
+            nodes=[template.node],
+            path=[template.key],
+            extensions={**error.extensions, "code": error.code},
+        )
+        self.formatted = (
+            located.formatted
+        )  # the element URLs signed for this answer (the verify mode's exception)
 
 
 @dataclass
@@ -618,7 +639,10 @@ class CompiledReads:
         arguments = Arguments(self.schema, coerced)
         signed: list[str] = []
         if isinstance(template, MutationTemplate):
-            data = await self._write(template, arguments, context)
+            try:
+                data = await self._write(template, arguments, context)
+            except WriteFailed as failure:
+                return self._failed(template, failure, cost)
         else:
             read = await self._read(template, arguments, context)
             data, signed = read if read is not None else (None, [])
@@ -629,6 +653,21 @@ class CompiledReads:
         body = b'{"data":' + data + b',"extensions":' + extensions + b"}"
         name = template.operation.name
         return CompiledAnswer(body, name.value if name else None, template.operation.operation.value, signed)
+
+    def _failed(self, template: MutationTemplate, failure: WriteFailed, cost: int | None) -> CompiledAnswer:
+        """`data: null` with the field's error; an outage is HTTP 503 (nothing was done)."""
+        self.hits += 1
+        body = orjson.dumps(
+            {
+                "data": None,
+                "errors": [failure.formatted],
+                "extensions": {"cost": {"requested": cost, "maximum": self.limits.max_cost}},
+            }
+        )
+        name = template.operation.name
+        code = failure.error.code
+        status = 503 if code == "SERVICE_UNAVAILABLE" else 200
+        return CompiledAnswer(body, name.value if name else None, "mutation", [], status, (code,))
 
     async def _read(
         self, template: Template, arguments: Arguments, context: GatewayContext
@@ -671,12 +710,17 @@ class CompiledReads:
             result = await template.resolver(
                 None, _ResolverInfo(context), **arguments.of(template.field, template.node)
             )
-        except Exception as error:
-            unknown = isinstance(error, GatewayError) and error.extensions.get("outcome") == "unknown"
-            if context.committed or unknown:
-                raise  # written, or maybe: running it again could write twice
-            logger.debug("compiled write refused (%s); answered by the resolvers", error)
-            return None
+        except GatewayError as error:
+            if context.committed or error.code == "SERVICE_UNAVAILABLE" or error.extensions.get("retryable"):
+                # Written, or maybe, or an outage: running it again could write twice or wait
+                # again. Answered here, as the resolvers would answer it.
+                raise WriteFailed(template, error) from error
+            logger.debug("compiled write refused (%s); answered by the resolvers", error.message)
+            return None  # a refusal, rolled back: the resolvers run it again and answer it
+        except Exception:
+            if context.committed:
+                raise
+            return None  # rolled back: the resolvers run it again, and report what went wrong
         data = {template.key: template.output(result)}
         try:
             return orjson.dumps(data)
