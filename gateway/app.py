@@ -6,7 +6,6 @@ carry a header browsers cannot send cross-site without a preflight (CSRF), the b
 size cap, and the caller must authenticate (only the GraphiQL page itself is served to anyone).
 """
 
-import json
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
 from gateway.health import readiness_route
 from gateway.ids import new_id
+from gateway.jsonops import to_json_bytes
 from gateway.metrics import GatewayMetrics, mark_worker_dead, metrics_route
 from gateway.migrate import upgrade_database
 from gateway.observability import ObserveRequests, count_statements, current_record
@@ -226,10 +226,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         )
 
     def encode_json(self, data: object) -> bytes:
-        try:
-            return orjson.dumps(data)
-        except TypeError:  # an integer past 64 bits (valid JSON): the standard encoder writes it
-            return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return to_json_bytes(data)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         """The gateway's own GraphiQL page (gateway.graphiql): no asset from another host."""

@@ -9,6 +9,7 @@ expressions that compile to the right form for each dialect.
 import json
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -195,3 +196,12 @@ def _pg_json_merge(element: JSON_MERGE, compiler: SQLCompiler, **kw: Any) -> str
         " WHERE jsonb_typeof(value) <> 'null'), '{}'::jsonb)"
         f" FROM (SELECT CAST({patch} AS JSONB) AS doc) AS gateway_patch)"
     )
+
+
+def to_json_bytes(value: Any) -> bytes:
+    """`value` as JSON: orjson's, or for what orjson refuses (an integer past 64 bits, a lone
+    surrogate echoed from the input) the standard encoder's, which writes it escaped."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode()

@@ -55,6 +55,7 @@ from gateway.data.pagination import PageRequest
 from gateway.data.threads import ThreadFilter
 from gateway.database import Database
 from gateway.errors import GatewayError
+from gateway.jsonops import to_json_bytes
 from resolvers.connection import page_request
 from resolvers.context import GatewayContext
 from resolvers.documents import PreparedDocument, prepare
@@ -657,7 +658,7 @@ class CompiledReads:
     def _failed(self, template: MutationTemplate, failure: WriteFailed, cost: int | None) -> CompiledAnswer:
         """`data: null` with the field's error; an outage is HTTP 503 (nothing was done)."""
         self.hits += 1
-        body = orjson.dumps(
+        body = to_json_bytes(
             {
                 "data": None,
                 "errors": [failure.formatted],
@@ -721,11 +722,7 @@ class CompiledReads:
             if context.committed:
                 raise
             return None  # rolled back: the resolvers run it again, and report what went wrong
-        data = {template.key: template.output(result)}
-        try:
-            return orjson.dumps(data)
-        except TypeError:  # an integer past 64 bits (valid JSON): the standard encoder writes it
-            return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return to_json_bytes({template.key: template.output(result)})
 
     async def _sign_urls(self, data: str, base_url: str) -> tuple[str, list[str]]:
         """Elements' URLs signed now, in place of the markers the database wrote for them."""
