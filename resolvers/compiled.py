@@ -143,10 +143,6 @@ LISTINGS = {
 BY_ID = {"thread": "threads", "step": "steps", "element": "elements"}
 PAGE_INFO_FIELDS = ("hasNextPage", "hasPreviousPage", "startCursor", "endCursor")
 
-# A template binds a request's coerced variables into the data-level selection.
-Bind = Callable[["Arguments"], Any]
-
-
 @dataclass
 class Arguments:
     """Argument values of one request: coerced by graphql-core, converted as strawberry does."""
