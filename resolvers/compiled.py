@@ -143,6 +143,7 @@ LISTINGS = {
 BY_ID = {"thread": "threads", "step": "steps", "element": "elements"}
 PAGE_INFO_FIELDS = ("hasNextPage", "hasPreviousPage", "startCursor", "endCursor")
 
+
 @dataclass
 class Arguments:
     """Argument values of one request: coerced by graphql-core, converted as strawberry does."""
