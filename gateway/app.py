@@ -431,7 +431,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_cost=settings.max_query_cost,
         introspection=settings.introspection,
     )
-    compiled_reads = CompiledReads(schema, db, limits, attachments)
+    compiled_reads = CompiledReads(schema, db, limits)
     graphql = GatewayGraphQL(
         db,
         auth,

@@ -47,13 +47,13 @@ class Attachments:
 
     async def read_url(self, object_key: str, *, name: str, mime: str | None, base_url: str) -> str:
         """A URL reading the object, signed now, expiring after GATEWAY_URL_EXPIRY_SECONDS; links to
-        the gateway's own routes start at GATEWAY_PUBLIC_URL, else at `base_url` (the request's)."""
+        the gateway's own routes start at `base_url` (GatewayContext.base_url)."""
         return await self.store.read_url(
             object_key,
             name=name,
             mime=mime,
             expires_in=self.url_expiry_seconds,
-            base_url=self.public_url or base_url,
+            base_url=base_url,
         )
 
     def new_key(self, thread_id: str, element_id: str) -> str:

@@ -49,7 +49,6 @@ from strawberry.types.arguments import StrawberryArgument, convert_arguments
 from strawberry.types.enum import StrawberryEnumDefinition
 from strawberry.utils.str_converters import to_camel_case
 
-from gateway.attachments import Attachments
 from gateway.data import json_reads
 from gateway.data.pagination import PageRequest
 from gateway.data.threads import ThreadFilter
@@ -603,7 +602,6 @@ class CompiledReads:
     schema: strawberry.Schema
     db: Database
     limits: Limits
-    attachments: Attachments | None = None
     hits: int = 0  # requests answered here (tests check the path really ran)
     statements: json_reads.StatementCache = field(default_factory=json_reads.StatementCache)
 
@@ -695,7 +693,7 @@ class CompiledReads:
             return None
         signed: list[str] = []
         if json_reads.SIGN_MARKER in data:
-            data, signed = await self._sign_urls(data, context.base_url)
+            data, signed = await self._sign_urls(data, context)
         return data.encode(), signed
 
     async def _write(
@@ -721,17 +719,15 @@ class CompiledReads:
             return None  # rolled back: the resolvers run it again, and report what went wrong
         return to_json_bytes({template.key: template.output(result)})
 
-    async def _sign_urls(self, data: str, base_url: str) -> tuple[str, list[str]]:
+    async def _sign_urls(self, data: str, context: GatewayContext) -> tuple[str, list[str]]:
         """Elements' URLs signed now, in place of the markers the database wrote for them."""
-        if self.attachments is None:  # pragma: no cover - the app always gives them
-            raise RuntimeError("no object store configured")
         parts: list[str] = []
         signed: list[str] = []
         end = 0
         for match in MARKED_URL.finditer(data):
             described = json.loads(match.group(0))[len(json_reads.SIGN_MARKER) :]
             object_key, name, mime = json.loads(described)
-            url = await self.attachments.read_url(object_key, name=name, mime=mime, base_url=base_url)
+            url = await context.files.read_url(object_key, name=name, mime=mime, base_url=context.base_url)
             parts += [data[end : match.start()], json.dumps(url, ensure_ascii=False)]
             signed.append(url)
             end = match.end()
