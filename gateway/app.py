@@ -306,8 +306,11 @@ def _check_preflight(request: Request) -> None:
     """Refuse what a web page could make a browser send cross-site without a preflight, unless it
     carries a header such a page cannot set (Apollo's CSRF prevention)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    preflighted = any(request.headers.get(name) for name in PREFLIGHT_HEADERS)
-    if request.method == "POST" and content_type in _SIMPLE_CONTENT_TYPES and not preflighted:
+    if (
+        request.method == "POST"
+        and content_type in _SIMPLE_CONTENT_TYPES
+        and not any(request.headers.get(name) for name in PREFLIGHT_HEADERS)
+    ):
         raise BadUserInput(
             f"a {content_type} request must carry a non-empty `Apollo-Require-Preflight` or "
             "`X-Apollo-Operation-Name` header (cross-site request forgery protection)"

@@ -1,12 +1,14 @@
 """The database engine and sessions, for SQLite (embedded default) and PostgreSQL (asyncpg)."""
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from gateway import jsonops
@@ -44,9 +46,9 @@ class Database:
                 # closed again when returned, and that churn cost more than the queries.
                 pool_size=20,
                 max_overflow=10,
-                pool_pre_ping=True,
                 json_serializer=_dump_json,
             )
+            _ping_after_idle(self.engine)
             self.read_engine = self.engine
         else:
             raise ValueError(
@@ -74,6 +76,36 @@ class Database:
     async def dispose(self) -> None:
         for engine in self.engines:
             await engine.dispose()
+
+
+# A connection back in the pool for longer than this is checked before use (see _ping_after_idle).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use only when it sat idle: a connection the server dropped
+    while it waited (a restart, an idle timeout) is replaced instead of failing a request.
+
+    SQLAlchemy's `pool_pre_ping` checks at every checkout, and on asyncpg its check is three round
+    trips (BEGIN, a query, ROLLBACK): more than a small read itself. A connection returned moments
+    ago is almost surely alive; if it is not, the request fails as retryable and SQLAlchemy's
+    disconnect handling replaces every connection of the pool.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            # The pool discards this connection and checks out another (SQLAlchemy's recipe).
+            raise DisconnectionError(f"pooled connection dropped while idle: {error!r}") from error
 
 
 def _dump_json(value: Any) -> str:

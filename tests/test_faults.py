@@ -236,6 +236,33 @@ async def test_the_client_rides_out_a_killed_connection(database_url: str, api: 
     assert await step_count(db, new_thread) == 10  # each step once
 
 
+async def test_connections_dropped_while_idle_are_replaced_before_use(
+    database_url: str, api: Api, db: Database
+) -> None:
+    """The server drops the pool's idle connections (a restart, an idle timeout, an operator's
+    kill): after a quiet moment the next requests get fresh connections, not a failure."""
+    require_postgresql(database_url)
+    thread_id = str(uuid.uuid4())
+    await asyncio.gather(*(api.ok(INGEST, s=steps_of(thread_id, 1)) for _ in range(4)))  # a few pooled
+    name = make_url(database_url).database
+    admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND state = 'idle' AND pid <> pg_backend_pid()",
+            name,
+        )
+    finally:
+        await admin.close()
+    assert killed >= 1
+    await asyncio.sleep(1.2)  # idle past the pool's check-before-use threshold
+    for query, variables in ((INGEST, {"s": steps_of(thread_id, 1)}), ("{ threads { totalCount } }", {})):
+        response = await api.post(query, variables)
+        assert response.status_code == 200, response.text
+        assert "errors" not in response.json(), response.text
+    assert await step_count(db, thread_id) == 5
+
+
 # --- PostgreSQL unreachable (a restart, seen from the gateway) -------------------------------------
 
 
