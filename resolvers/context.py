@@ -109,14 +109,18 @@ class GatewayContext:
             self._objects_to_delete = True
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
+    async def write(self, *, one_statement: bool = False) -> AsyncIterator[AsyncSession]:
         """One transaction for one mutation: all of it is written, or nothing.
+
+        `one_statement`: the mutation writes with one statement (its checks only read), which is
+        then its own transaction on PostgreSQL (see `Database.transaction`); whatever else a write
+        must record belongs in that statement or its triggers.
 
         Afterwards the request's loaders start afresh, so later fields read what was written.
         """
         body_done = False
         try:
-            async with self.db.transaction() as session:
+            async with self.db.transaction(one_statement=one_statement) as session:
                 yield session
                 body_done = True
             self.committed = True
@@ -130,9 +134,10 @@ class GatewayContext:
                 if conflict is error:
                     raise
                 raise conflict from error
-            if body_done:
-                # Lost while committing: the database may have committed. Upserts and deletes by
-                # id are safe to send again; appending output is not (the client does not retry it).
+            if body_done or (one_statement and self.db.dialect_name == "postgresql"):
+                # Lost while committing (a one-statement write commits as its statement runs): the
+                # database may have committed. Upserts and deletes by id are safe to send again;
+                # appending output is not (the client does not retry it).
                 raise ServiceUnavailable(
                     "the connection to the database was lost while committing: the write may or may "
                     "not have been stored; retrying an upsert or delete is safe",

@@ -112,6 +112,7 @@ async def test_a_users_history_costs_one_statement_more_for_the_user_lookup(
 UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id output } }"
 APPEND = 'mutation($id: ID!) { appendStepOutput(id: $id, delta: "more") { output } }'
 INGEST = "mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index error { code } } }"
+RATE = "mutation($s: ID!, $v: Int!) { upsertFeedback(input: {forId: $s, value: $v}) { id value } }"
 
 
 async def test_a_backends_step_write_is_one_statement(
@@ -131,6 +132,11 @@ async def test_a_backends_step_write_is_one_statement(
     sql_statements.clear()
     assert (await api.ok(APPEND, id=step_id))["appendStepOutput"]["output"] == "changedmore"
     assert sql_statements.count == 1, sql_statements.statements
+    # Rating it, then changing the rating: one statement each (the step's thread found in it).
+    for value in (1, 0):
+        sql_statements.clear()
+        assert (await api.ok(RATE, s=step_id, v=value))["upsertFeedback"]["value"] == value
+        assert sql_statements.count == 1, sql_statements.statements
 
 
 async def test_a_users_step_write_is_a_check_and_the_write(
@@ -149,6 +155,9 @@ async def test_a_users_step_write_is_a_check_and_the_write(
     assert log.count == 1 + 2, log.statements
     with statement_log(secured_app.state.db) as log:
         assert (await user.ok(APPEND, id=step_id))["appendStepOutput"]["output"] == "xmore"
+    assert log.count == 1 + 1, log.statements
+    with statement_log(secured_app.state.db) as log:  # the user's access is a condition of it
+        assert (await user.ok(RATE, s=step_id, v=1))["upsertFeedback"]["value"] == 1
     assert log.count == 1 + 1, log.statements
 
 

@@ -48,11 +48,47 @@ async def upsert_feedback(
     feedback_id: str | None = None,
 ) -> Feedback:
     """Rate a step. Keyed by the step, so concurrent ratings of one step make one row. A user
-    rates steps of their own threads only."""
+    rates steps of their own threads only.
+
+    One statement: the step's thread, the caller's access and a given id's step are conditions of
+    the INSERT .. SELECT; only a refusal costs more statements, to tell why."""
     if value not in FEEDBACK_VALUES:
         raise BadUserInput(
             f"feedback value must be 0 (thumbs down) or 1 (thumbs up), not {value}", field="value"
         )
+    conditions = [steps_table.c.id == for_id, *access.writable_steps()]
+    if feedback_id is not None:
+        # That id must not rate another step (that is a conflict, or someone else's feedback).
+        rates_other = sa.select(feedbacks_table.c.id).where(
+            feedbacks_table.c.id == feedback_id, feedbacks_table.c.forId != for_id
+        )
+        conditions.append(~rates_other.exists())
+    proposed = sa.select(
+        sa.literal(feedback_id or new_id(), feedbacks_table.c.id.type),
+        steps_table.c.id,
+        steps_table.c.threadId,
+        sa.literal(value, feedbacks_table.c.value.type),
+        sa.literal(None if comment is KEEP else comment, feedbacks_table.c.comment.type),
+    ).where(*conditions)
+    statement = insert(session, feedbacks_table).from_select(
+        ["id", "forId", "threadId", "value", "comment"], proposed
+    )
+    set_ = {"value": statement.excluded.value}
+    if comment is not KEEP:
+        set_["comment"] = statement.excluded.comment
+    statement = statement.on_conflict_do_update(index_elements=[feedbacks_table.c.forId], set_=set_)
+    row = (await session.execute(statement.returning(*feedbacks_table.c))).one_or_none()
+    if row is None:
+        await _refuse_rating(session, for_id=for_id, access=access, feedback_id=feedback_id)
+        # Every check passes now: the step or the id changed between the write and the checks.
+        raise Conflict("a concurrent write to the same rows won; retry the request", retryable=True)
+    return from_row(Feedback, row)  # type: ignore[no-any-return]
+
+
+async def _refuse_rating(
+    session: AsyncSession, *, for_id: str, access: Access, feedback_id: str | None
+) -> None:
+    """Raise why the caller cannot rate `for_id` (with `feedback_id`), if they cannot."""
     missing_step = NotFound(f"step {for_id} does not exist", field="forId")
     thread_id = (
         await session.execute(
@@ -62,36 +98,23 @@ async def upsert_feedback(
     if thread_id is None:
         raise missing_step
     await require_writable_thread(session, access=access, thread_id=thread_id, missing=missing_step)
-    if feedback_id is not None and not access.everything:
+    if feedback_id is None:
+        return
+    if not access.everything:
         taken = sa.select(feedbacks_table.c.id).where(
             feedbacks_table.c.id == feedback_id, sa.not_(sa.and_(*access.readable_feedbacks()))
         )
         if (await session.execute(taken)).first() is not None:
             raise not_yours("feedback", feedback_id)
-    if feedback_id is not None:
-        other_step = (
-            await session.execute(
-                sa.select(feedbacks_table.c.forId).where(
-                    feedbacks_table.c.id == feedback_id, *access.readable_feedbacks()
-                )
+    other_step = (
+        await session.execute(
+            sa.select(feedbacks_table.c.forId).where(
+                feedbacks_table.c.id == feedback_id, *access.readable_feedbacks()
             )
-        ).scalar_one_or_none()
-        if other_step is not None and other_step != for_id:
-            raise Conflict(f"feedback {feedback_id} rates step {other_step}, not {for_id}", field="id")
-    new_row = {
-        "id": feedback_id or new_id(),
-        "forId": for_id,
-        "threadId": thread_id,
-        "value": value,
-        "comment": None if comment is KEEP else comment,
-    }
-    statement = insert(session, feedbacks_table).values(new_row)
-    set_ = {"value": statement.excluded.value}
-    if comment is not KEEP:
-        set_["comment"] = statement.excluded.comment
-    statement = statement.on_conflict_do_update(index_elements=[feedbacks_table.c.forId], set_=set_)
-    row = (await session.execute(statement.returning(*feedbacks_table.c))).one()
-    return from_row(Feedback, row)  # type: ignore[no-any-return]
+        )
+    ).scalar_one_or_none()
+    if other_step is not None and other_step != for_id:
+        raise Conflict(f"feedback {feedback_id} rates step {other_step}, not {for_id}", field="id")
 
 
 async def delete_feedback(session: AsyncSession, *, feedback_id: str, access: Access) -> None:

@@ -365,8 +365,9 @@ def _upsert(
     touched. Either way RETURNING leaves the row out, for the caller to tell the cases apart.
 
     `new_thread` (PostgreSQL): the same statement also creates the row's thread if missing, from
-    the `_new_thread_parameters`, and returns `thread_created`, whether it did. Built once per
-    shape, so SQLAlchemy finds it compiled at once."""
+    the `_new_thread_parameters` (unless the step, `new_thread_step_id`, is in another thread), and
+    returns `thread_created`, whether it did. Built once per shape, so SQLAlchemy finds it compiled
+    at once."""
     statement = dialect_insert(dialect, steps_table)
     excluded = statement.excluded
     set_: dict[str, Any] = {}
@@ -395,8 +396,15 @@ def _upsert(
             sa.bindparam(f"new_thread_{name}", type_=threads_table.c[name].type)
             for name in NEW_THREAD_COLUMNS
         ]
+        # Not when the step is in another thread: the write is refused then, and (a backend's
+        # write being its own transaction) a thread made for it would stay. Only a concurrent
+        # create of the same step id in another thread can still leave that thread, empty.
+        in_other_thread = sa.select(steps_table.c.id).where(
+            steps_table.c.id == sa.bindparam("new_thread_step_id", type_=steps_table.c.id.type),
+            steps_table.c.threadId != parameters[0],
+        )
         thread = dialect_insert(dialect, threads_table).from_select(
-            NEW_THREAD_COLUMNS, sa.select(*parameters)
+            NEW_THREAD_COLUMNS, sa.select(*parameters).where(~in_other_thread.exists())
         )
         new_thread_cte = (
             thread.on_conflict_do_nothing(index_elements=[threads_table.c.id])
@@ -453,7 +461,7 @@ async def upsert_step(
         dialect, parameters = dialect_name(session), _new_row(step_id, thread_id, fields, now)
         in_one = create_thread and dialect == "postgresql"
         if in_one:
-            parameters.update(_new_thread_parameters(thread_id, access, now))
+            parameters.update(_new_thread_parameters(thread_id, access, now), new_thread_step_id=step_id)
         elif create_thread:  # SQLite runs no INSERT inside WITH
             await ensure_thread(session, thread_id=thread_id, access=access, now=now)
         statement = _upsert(dialect, tuple(fields), _deleted_keys(fields), in_one)

@@ -23,7 +23,7 @@ class FeedbackMutations:
     async def upsert_feedback(self, info: Info, input: FeedbackInput) -> Feedback:
         for_id = parse_id(input.for_id, "input.forId")
         feedback_id = parse_optional_id(input.id, "input.id")
-        async with info.context.write() as session:
+        async with info.context.write(one_statement=True) as session:  # see feedback.upsert_feedback
             row = await feedback.upsert_feedback(
                 session,
                 for_id=for_id,

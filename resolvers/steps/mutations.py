@@ -127,7 +127,8 @@ class StepMutations:
     )
     async def upsert_step(self, info: Info, input: StepInput) -> Step:
         step_id, thread_id, changes = step_changes(input)
-        async with info.context.write() as session:
+        # A backend's upsert is one statement (steps.upsert_step); a user's checks access first.
+        async with info.context.write(one_statement=info.context.access.everything) as session:
             row = await steps.upsert_step(
                 session,
                 step_id=step_id,
@@ -143,7 +144,7 @@ class StepMutations:
     )
     async def append_step_output(self, info: Info, id: strawberry.ID, delta: str) -> Step:
         step_id = parse_id(id, "id")
-        async with info.context.write() as session:
+        async with info.context.write(one_statement=True) as session:
             row = await steps.append_step_output(
                 session, step_id=step_id, delta=delta, access=info.context.access
             )
