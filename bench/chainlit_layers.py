@@ -92,6 +92,7 @@ class Writes:
     created: list[str] = field(default_factory=list)
     updated: dict[str, str] = field(default_factory=dict)  # step id -> the output written
     rated: list[str] = field(default_factory=list)
+    feedback_ids: dict[str, str] = field(default_factory=dict)  # step -> its feedback's id
 
 
 class Bench:
@@ -155,12 +156,22 @@ class Bench:
             writes.updated[step_id] = output
 
         async def upsert_feedback(rng: random.Random) -> None:
-            step_id = self.to_rate[layer_name].pop()
+            # A new rating while unrated steps last; then a changed rating of one this layer made
+            # (by its feedback's id: Chainlit's layer would add a second row for the step otherwise).
+            step_id = self.to_rate[layer_name].pop() if self.to_rate[layer_name] else None
+            if step_id is None:
+                step_id = rng.choice(writes.rated)
             feedback = Feedback(
-                forId=step_id, value=rng.choice([0, 1]), threadId=seed.step_thread[step_id], comment="bench"
+                id=writes.feedback_ids.get(step_id),
+                forId=step_id,
+                value=rng.choice([0, 1]),
+                threadId=seed.step_thread[step_id],
+                comment="bench",
             )
-            await layer.upsert_feedback(feedback)
-            writes.rated.append(step_id)
+            feedback_id = await layer.upsert_feedback(feedback)
+            if step_id not in writes.feedback_ids:
+                writes.feedback_ids[step_id] = feedback_id
+                writes.rated.append(step_id)
 
         calls: dict[str, Callable[[random.Random], Awaitable[None]]] = {
             "get_thread": get_thread,

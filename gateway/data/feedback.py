@@ -1,12 +1,20 @@
 """Feedback: one row per step (a second rating of the same step updates the first)."""
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.access import Access, not_yours, require_writable_row, require_writable_thread
-from gateway.data.common import KEEP, Keep, from_row, insert
+from gateway.data.access import (
+    ACCESS_USER_PARAMETER,
+    Access,
+    not_yours,
+    require_writable_row,
+    require_writable_thread,
+)
+from gateway.data.common import KEEP, Keep, dialect_insert, dialect_name, from_row
 from gateway.data.pagination import Ordering, Page, PageRequest, count_by_parent, fetch_pages_by_parent
 from gateway.errors import BadUserInput, Conflict, NotFound
 from gateway.ids import new_id
@@ -56,33 +64,59 @@ async def upsert_feedback(
         raise BadUserInput(
             f"feedback value must be 0 (thumbs down) or 1 (thumbs up), not {value}", field="value"
         )
-    conditions = [steps_table.c.id == for_id, *access.writable_steps()]
-    if feedback_id is not None:
+    statement = _rate_step(
+        dialect_name(session),
+        keep_comment=comment is KEEP,
+        users_own=not access.everything,
+        with_id=feedback_id is not None,
+    )
+    parameters = {
+        "feedback_id": feedback_id or new_id(),
+        "for_id": for_id,
+        "value": value,
+        "comment": None if comment is KEEP else comment,
+    }
+    if not access.everything:
+        parameters[ACCESS_USER_PARAMETER] = access.user_id
+    row = (await session.execute(statement, parameters)).one_or_none()
+    if row is None:
+        await _refuse_rating(session, for_id=for_id, access=access, feedback_id=feedback_id)
+        # Every check passes now: the step or the id changed between the write and the checks.
+        raise Conflict("a concurrent write to the same rows won; retry the request", retryable=True)
+    return from_row(Feedback, row)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=16)
+def _rate_step(dialect: str, *, keep_comment: bool, users_own: bool, with_id: bool) -> Any:
+    """INSERT .. SELECT of a rating from the step's row, so the step's thread, the caller's access
+    (a user's own threads) and a given id's step are conditions of the one statement; ON CONFLICT
+    of the step's existing rating updates it. Built once per shape (values are parameters)."""
+    for_id = sa.bindparam("for_id", type_=steps_table.c.id.type)
+    feedback_id = sa.bindparam("feedback_id", type_=feedbacks_table.c.id.type)
+    owner = Access(user_id="") if users_own else Access()  # its user is the access_user_id parameter
+    conditions = [steps_table.c.id == for_id, *owner.writable_steps()]
+    if with_id:
         # That id must not rate another step (that is a conflict, or someone else's feedback).
         rates_other = sa.select(feedbacks_table.c.id).where(
             feedbacks_table.c.id == feedback_id, feedbacks_table.c.forId != for_id
         )
         conditions.append(~rates_other.exists())
     proposed = sa.select(
-        sa.literal(feedback_id or new_id(), feedbacks_table.c.id.type),
+        feedback_id,
         steps_table.c.id,
         steps_table.c.threadId,
-        sa.literal(value, feedbacks_table.c.value.type),
-        sa.literal(None if comment is KEEP else comment, feedbacks_table.c.comment.type),
+        sa.bindparam("value", type_=feedbacks_table.c.value.type),
+        sa.bindparam("comment", type_=feedbacks_table.c.comment.type),
     ).where(*conditions)
-    statement = insert(session, feedbacks_table).from_select(
+    statement = dialect_insert(dialect, feedbacks_table).from_select(
         ["id", "forId", "threadId", "value", "comment"], proposed
     )
     set_ = {"value": statement.excluded.value}
-    if comment is not KEEP:
+    if not keep_comment:
         set_["comment"] = statement.excluded.comment
-    statement = statement.on_conflict_do_update(index_elements=[feedbacks_table.c.forId], set_=set_)
-    row = (await session.execute(statement.returning(*feedbacks_table.c))).one_or_none()
-    if row is None:
-        await _refuse_rating(session, for_id=for_id, access=access, feedback_id=feedback_id)
-        # Every check passes now: the step or the id changed between the write and the checks.
-        raise Conflict("a concurrent write to the same rows won; retry the request", retryable=True)
-    return from_row(Feedback, row)  # type: ignore[no-any-return]
+    return statement.on_conflict_do_update(index_elements=[feedbacks_table.c.forId], set_=set_).returning(
+        *feedbacks_table.c
+    )
 
 
 async def _refuse_rating(
