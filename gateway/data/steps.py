@@ -702,3 +702,33 @@ async def delete_step(session: AsyncSession, *, step_id: str, access: Access) ->
     )
     await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
     return [key for key in object_keys if key]
+
+
+async def delete_steps_of_thread(
+    session: AsyncSession, *, thread_id: str, step_ids: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Delete those of `step_ids` that are steps of the thread, with their descendants and their
+    feedback and elements; ids of no step of the thread are passed over (already deleted, so a
+    retried batch deletes nothing more). Returns (the ids named that were deleted, object keys).
+
+    The caller has checked that the thread may be written."""
+    if not step_ids:
+        return [], []
+    named = sa.select(steps_table.c.id).where(
+        steps_table.c.id.in_(sorted(set(step_ids))), steps_table.c.threadId == thread_id
+    )
+    deleted = sorted((await session.execute(named)).scalars())
+    if not deleted:
+        return [], []
+    tree = named.cte("subtree", recursive=True)
+    tree = tree.union(
+        sa.select(steps_table.c.id).where(
+            steps_table.c.parentId == tree.c.id, steps_table.c.threadId == thread_id
+        )
+    )
+    in_tree = sa.select(tree.c.id)
+    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.forId.in_(in_tree)))
+    removed = sa.delete(elements_table).where(elements_table.c.forId.in_(in_tree))
+    object_keys = list((await session.execute(removed.returning(elements_table.c.objectKey))).scalars())
+    await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
+    return deleted, [key for key in object_keys if key]
