@@ -4,6 +4,7 @@ gateway's own tests must not run under).
 
     python -m tests.chatsky_driver URL happy-paths   # prints what it did, as JSON
     python -m tests.chatsky_driver URL clear-all
+    python -m tests.chatsky_driver URL storage       # the storage's own promises, asserted here
 """
 
 import asyncio
@@ -12,7 +13,9 @@ import os
 import sys
 from typing import Any
 
+import httpx
 from chatsky import Message, Pipeline
+from chatsky.core.ctx_utils import ContextMainInfo
 from chatsky.utils.testing import HAPPY_PATH, TOY_SCRIPT_KWARGS, check_happy_path
 
 from gateway.chatsky import GatewayContextStorage
@@ -47,6 +50,48 @@ def clear_all(url: str) -> dict[str, Any]:
     return {}
 
 
+async def _storage_promises(url: str) -> dict[str, Any]:
+    storage = GatewayContextStorage(url, api_key=os.environ.get("GATEWAY_CHATSKY_API_KEY"))
+    await storage.connect()
+    sent: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(json.loads(request.content)["query"])
+
+    storage._client().http.event_hooks["request"].append(count)
+    ctx_id = "Ünïcode / context #1 🙂"
+    zeros, not_utf8 = bytes(16), b"\xff\xfe\x00\x80"
+    awkward = json.dumps({"text": "a NUL \u0000 and a lone \ud800"}).encode()
+    info = ContextMainInfo(current_turn_id=3, created_at=2**63 - 1, updated_at=1, misc={"k": [1, "é"]})
+
+    # A turn's write: the MAIN record and all its items in one request.
+    requests = [(1, zeros), (2, not_utf8), (3, awkward)]
+    labels = [(0, b"label 0"), (1, b"label 1"), (2, b"label 2"), (3, b"label 3")]
+    await storage.update_context(ctx_id, info, [("requests", requests, []), ("labels", labels, [])])
+    assert len(sent) == 1, sent
+    assert await storage.load_main_info(ctx_id) == info  # nanoseconds exact, misc byte for byte
+    assert sorted(await storage.load_field_items(ctx_id, "requests", [1, 2, 3, 4])) == requests
+
+    # The latest items: one request, asking for N only, newest key first.
+    storage._subscripts["requests"] = 2
+    sent.clear()
+    assert await storage.load_field_latest(ctx_id, "requests") == [(3, awkward), (2, not_utf8)]
+    assert len(sent) == 1 and "last: $last" in sent[0]
+
+    # None deletes exactly that item: a label, never the request at the same key.
+    await storage.update_context(ctx_id, None, [("labels", [], [1]), ("requests", [(4, b"4")], [])])
+    assert await storage.load_field_keys(ctx_id, "labels") == [0, 2, 3]
+    assert await storage.load_field_keys(ctx_id, "requests") == [1, 2, 3, 4]
+    assert await storage.load_field_items(ctx_id, "labels", [1]) == []
+    await storage.close()
+    return {"threadId": storage.thread_id(ctx_id), "contextId": ctx_id}
+
+
+def storage_promises(url: str) -> dict[str, Any]:
+    return asyncio.run(_storage_promises(url))
+
+
 if __name__ == "__main__":
     url, command = sys.argv[1:3]
-    print(json.dumps({"happy-paths": happy_paths, "clear-all": clear_all}[command](url)))
+    commands = {"happy-paths": happy_paths, "clear-all": clear_all, "storage": storage_promises}
+    print(json.dumps(commands[command](url)))

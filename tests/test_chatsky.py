@@ -160,6 +160,21 @@ def test_a_chatsky_bots_conversations_are_threads_of_the_gateway(gateway_url: st
     }
 
 
+def test_items_are_kept_byte_for_byte_and_read_back_as_text(gateway_url: str) -> None:
+    ran = run_chatsky(gateway_url, "-m", "tests.chatsky_driver", gateway_url, "storage")
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads(ran.stdout.strip().splitlines()[-1])
+    thread = graphql(gateway_url, THREAD, id=report["threadId"])["thread"]
+    assert thread["metadata"]["chatskyContextId"] == report["contextId"]
+    assert thread["metadata"]["chatskyMain"]["createdAt"] == str(2**63 - 1)
+    outputs = [edge["node"]["output"] for edge in thread["steps"]["edges"]]
+    # Bytes that are no message have no text; a text the gateway cannot store as it is (a NUL, a
+    # lone surrogate) is readable with replacement characters, its bytes kept exactly.
+    assert outputs == [None, None, "a NUL \ufffd and a lone ?", None]
+    labels = [edge["node"]["output"] for edge in thread["labels"]["edges"]]
+    assert labels == [None, None, None]  # label 1 deleted; these bytes are no label
+
+
 def test_chatskys_own_context_storage_suite(gateway_url: str) -> None:
     suite = "tests/chatsky_suite/context_storages.py"
     ran = run_chatsky(gateway_url, "-m", "pytest", "-p", "no:cacheprovider", "-q", suite)
