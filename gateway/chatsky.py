@@ -21,20 +21,22 @@ page, search and rate like any other:
   (base64). Steps' `createdAt` is the context's creation time plus three milliseconds a key
   (request, label, response), so the gateway's step order is the turn order whatever order the
   items are written in; `start` is when the item was written;
-- one `chatsky_keys` step per context lists the keys of the items that exist, so Chatsky's key
-  listing is one small read.
+- one `chatsky_keys` step per field of a context lists the keys of its items that exist, so
+  Chatsky's key listing is one small read.
 
-Each call of the storage is one GraphQL request (loading many items on demand: one request per
-30), and a turn's write is one request and one transaction (`applyThreadChanges`), so a turn is
-stored whole or not at all. (Only a write of more than 499 items is split, in key order, with the
-MAIN record in its last part.)
+Each read is one GraphQL request (loading many items on demand: one request per 30), and reads
+issued together share one (`ReadBatcher`: Chatsky starts a turn with seven reads at once, which go
+out as one query the gateway answers with one SQL statement). A turn's write is one request and one
+transaction (`applyThreadChanges`), so a turn is stored whole or not at all. (Only a write of more
+than 497 items is split, in key order, with the MAIN record in its last part.)
 """
 
 import asyncio
 import base64
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,7 +49,7 @@ from gateway.timestamps import format_timestamp
 NAMESPACE = uuid.UUID("5f0c7f52-8d53-4b8e-9f0e-6c3b0b1e7a11")  # of the ids this module derives
 PAGE = 100  # the gateway's largest page
 ALIASES = 30  # the gateway's default GATEWAY_MAX_QUERY_ALIASES
-BATCH = 500  # applyThreadChanges' largest batch (the keys step takes one place)
+BATCH = 500  # applyThreadChanges' largest batch (the fields' keys steps take three places)
 STEP_TYPES = {
     NameConfig._labels_field: "chatsky_label",
     NameConfig._requests_field: "user_message",
@@ -62,17 +64,15 @@ STEP_NAMES = {
 TURN_OFFSETS = {NameConfig._requests_field: 0, NameConfig._labels_field: 1, NameConfig._responses_field: 2}
 KEYS_STEP_TYPE = "chatsky_keys"
 
-MAIN = "query($id: ID!) { thread(id: $id) { metadata } }"
-KEYS = "query($id: ID!) { step(id: $id) { metadata } }"
-LATEST = """
-query($id: ID!, $last: Int!, $before: String, $types: [String!]) {
-  thread(id: $id) {
+MAIN_FIELD = "thread(id: $id) { metadata }"
+KEYS_FIELD = "step(id: $id) { metadata }"
+LATEST_FIELD = """thread(id: $id) {
     steps(last: $last, before: $before, filter: {types: $types}) {
       pageInfo { hasPreviousPage startCursor }
       edges { node { metadata } }
     }
-  }
-}"""
+  }"""
+LATEST_VARIABLES = {"id": "ID!", "last": "Int!", "before": "String", "types": "[String!]"}
 ALL = """
 query($id: ID!, $after: String, $types: [String!]) {
   thread(id: $id) {
@@ -88,6 +88,77 @@ LIST = """
 query($metadata: JSONObject!) {
   threads(first: 100, filter: {metadata: $metadata}) { edges { node { id } } }
 }"""
+
+
+@dataclass
+class _Read:
+    """One read of a batch: a root field, its arguments as variables (name: (type, value))."""
+
+    field: str  # with `$name` for each variable; renamed apart when batched
+    variables: dict[str, tuple[str, Any]]
+    answer: "asyncio.Future[Any]"
+
+
+@dataclass
+class _Batch:
+    reads: list[_Read] = field(default_factory=list)
+
+
+class ReadBatcher:
+    """Reads issued together go out as one request, each an aliased root field of one query (which
+    the gateway answers with one SQL statement). Chatsky starts a turn with seven reads at once (the
+    MAIN record, and each field's keys and latest items): one request instead of seven."""
+
+    TICKS = 3  # loop iterations a batch waits for the reads gathered with it (Chatsky nests gathers)
+
+    def __init__(self, client: Callable[[], GatewayClient]) -> None:
+        self.client = client
+        self._open: dict[asyncio.AbstractEventLoop, _Batch] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def read(self, field_: str, variables: dict[str, tuple[str, Any]]) -> Any:
+        loop = asyncio.get_running_loop()
+        batch = self._open.get(loop)
+        if batch is None:
+            batch = self._open[loop] = _Batch()
+            task = loop.create_task(self._flush(loop, batch))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        answer: asyncio.Future[Any] = loop.create_future()
+        batch.reads.append(_Read(field_, variables, answer))
+        return await answer
+
+    async def _flush(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+        for _ in range(self.TICKS):
+            await asyncio.sleep(0)
+        del self._open[loop]
+        await asyncio.gather(*(self._send(part) for part in _chunks(batch.reads, ALIASES)))
+
+    async def _send(self, reads: Sequence[_Read]) -> None:
+        definitions: list[str] = []
+        fields: list[str] = []
+        values: dict[str, Any] = {}
+        for index, read in enumerate(reads):
+            text = read.field
+            # Longest names first, so that `$id` does not rename the start of `$ids`.
+            for name in sorted(read.variables, key=len, reverse=True):
+                kind, value = read.variables[name]
+                text = text.replace(f"${name}", f"$r{index}_{name}")
+                definitions.append(f"$r{index}_{name}: {kind}")
+                values[f"r{index}_{name}"] = value
+            fields.append(f"r{index}: {text}")
+        try:
+            data = await self.client().execute(
+                f"query({', '.join(definitions)}) {{ {' '.join(fields)} }}", values
+            )
+        except Exception as error:
+            for read in reads:
+                if not read.answer.done():
+                    read.answer.set_exception(error)
+            return
+        for index, read in enumerate(reads):
+            if not read.answer.done():
+                read.answer.set_result(data[f"r{index}"])
 
 
 def _id(*parts: object) -> str:
@@ -164,6 +235,7 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         self.timeout, self.attempts = timeout, attempts
         self._clients: dict[asyncio.AbstractEventLoop, GatewayClient] = {}
         self._created_at: dict[str, int] = {}  # context id: Chatsky's created_at, once seen
+        self._reads = ReadBatcher(self._client)
 
     # --- the connection: one pooled client per event loop ------------------------------------
 
@@ -198,8 +270,8 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
     def item_step_id(self, ctx_id: str, field_name: str, key: int) -> str:
         return _id(self.namespace, ctx_id, field_name, key)
 
-    def _keys_step_id(self, ctx_id: str) -> str:
-        return _id(self.namespace, ctx_id, "keys")
+    def _keys_step_id(self, ctx_id: str, field_name: str) -> str:
+        return _id(self.namespace, ctx_id, field_name, "keys")
 
     def _marker(self, ctx_id: str) -> dict[str, Any]:
         return {"chatskyStorage": self.namespace, "chatskyContextId": ctx_id}
@@ -221,7 +293,7 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
     # --- DBContextStorage ----------------------------------------------------------------------
 
     async def _load_main_info(self, ctx_id: str) -> ContextMainInfo | None:
-        thread = (await self._client().execute(MAIN, {"id": self.thread_id(ctx_id)}))["thread"]
+        thread = await self._reads.read(MAIN_FIELD, {"id": ("ID!", self.thread_id(ctx_id))})
         record = ((thread or {}).get("metadata") or {}).get("chatskyMain")
         if not isinstance(record, dict):
             return None
@@ -263,13 +335,13 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
             first = readable(field_name, data) if key == 1 and data is not None else None
             if field_name == NameConfig._requests_field and first is not None:
                 thread["name"] = first[:200]  # a conversation is named by its first request
-        parts = list(_chunks(ordered, BATCH - 1)) or [[]]
+        parts = list(_chunks(ordered, BATCH - len(STEP_TYPES))) or [[]]
         for number, part in enumerate(parts):
             upserts: list[dict[str, Any]] = []
             deletes: list[str] = []
-            keys: dict[str, bool | None] = {}
+            keys: dict[str, dict[str, bool | None]] = {}  # field: {key: True, or None: deleted}
             for step_id, (field_name, key, data) in part:
-                keys[f"{field_name}:{key}"] = None if data is None else True
+                keys.setdefault(field_name, {})[str(key)] = None if data is None else True
                 if data is None:
                     deletes.append(step_id)
                     continue
@@ -284,16 +356,16 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
                         "metadata": {"chatsky": {"field": field_name, "key": key, "data": _encode(data)}},
                     }
                 )
-            if keys:
-                upserts.append(
-                    {
-                        "id": self._keys_step_id(ctx_id),
-                        "type": KEYS_STEP_TYPE,
-                        "name": "Chatsky keys",
-                        "createdAt": _timestamp(base),
-                        "metadata": keys,
-                    }
-                )
+            upserts += [
+                {
+                    "id": self._keys_step_id(ctx_id, field_name),
+                    "type": KEYS_STEP_TYPE,
+                    "name": f"Chatsky keys: {field_name}",
+                    "createdAt": _timestamp(base),
+                    "metadata": field_keys,
+                }
+                for field_name, field_keys in keys.items()
+            ]
             if number == len(parts) - 1 and ctx_info is not None:
                 thread["metadata"] = {**self._marker(ctx_id), "chatskyMain": self._main_record(ctx_info)}
             changes = {"thread": thread, "upsertSteps": upserts, "deleteStepIds": deletes}
@@ -328,7 +400,8 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
                 "before": before,
                 "types": [STEP_TYPES[field_name]],
             }
-            thread = (await self._client().execute(LATEST, variables))["thread"]
+            typed = {name: (LATEST_VARIABLES[name], value) for name, value in variables.items()}
+            thread = await self._reads.read(LATEST_FIELD, typed)
             if thread is None:
                 break
             page = thread["steps"]
@@ -354,10 +427,9 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
             after = page["pageInfo"]["endCursor"]
 
     async def _load_field_keys(self, ctx_id: str, field_name: str) -> list[int]:
-        step = (await self._client().execute(KEYS, {"id": self._keys_step_id(ctx_id)}))["step"]
-        prefix = f"{field_name}:"
-        names = (step or {}).get("metadata") or {}
-        return sorted(int(name[len(prefix) :]) for name in names if name.startswith(prefix))
+        keys_step = {"id": ("ID!", self._keys_step_id(ctx_id, field_name))}
+        step = await self._reads.read(KEYS_FIELD, keys_step)
+        return sorted(int(key) for key in (step or {}).get("metadata") or {})
 
     async def _load_field_items(
         self, ctx_id: str, field_name: str, keys: list[int]

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 import httpx
-from chatsky import Message, Pipeline
+from chatsky import Context, Message, Pipeline
 from chatsky.core.ctx_utils import ContextMainInfo
 from chatsky.utils.testing import HAPPY_PATH, TOY_SCRIPT_KWARGS, check_happy_path
 
@@ -76,13 +76,22 @@ async def _storage_promises(url: str) -> dict[str, Any]:
     storage._subscripts["requests"] = 2
     sent.clear()
     assert await storage.load_field_latest(ctx_id, "requests") == [(3, awkward), (2, not_utf8)]
-    assert len(sent) == 1 and "last: $last" in sent[0]
+    assert len(sent) == 1 and "steps(last: $r0_last" in sent[0], sent
 
     # None deletes exactly that item: a label, never the request at the same key.
     await storage.update_context(ctx_id, None, [("labels", [], [1]), ("requests", [(4, b"4")], [])])
     assert await storage.load_field_keys(ctx_id, "labels") == [0, 2, 3]
     assert await storage.load_field_keys(ctx_id, "requests") == [1, 2, 3, 4]
     assert await storage.load_field_items(ctx_id, "labels", [1]) == []
+
+    # A turn starts with one request: the MAIN record, each field's keys and latest items.
+    message, label = Message("hello").model_dump_json().encode(), b'{"flow_name":"f","node_name":"n"}'
+    turns = [("labels", [(0, label), (1, label)], []), ("requests", [(1, message)], [])]
+    await storage.update_context("turns", ContextMainInfo(current_turn_id=1), turns)
+    sent.clear()
+    context = await Context.connected(storage, start_label=("flow", "node"), id="turns")
+    assert len(sent) == 1, sent
+    assert context.current_turn_id == 1 and (await context.requests[1]).text == "hello"
     await storage.close()
     return {"threadId": storage.thread_id(ctx_id), "contextId": ctx_id}
 
