@@ -213,6 +213,6 @@ async def test_a_threads_changes_cost_statements_bounded_by_their_shape(
     }
     applied = (await api.ok(APPLY, i=changes))["applyThreadChanges"]
     assert len(applied["deletedStepIds"]) == size
-    # The thread's upsert; the deletes (their ids, feedback, elements, steps); the steps' lookup, the
-    # missing thread's insert, one multi-row upsert; the thread read back. As many for 10 steps as for 200.
-    assert sql_statements.count == 9, sql_statements.statements
+    # The thread's upsert; the deletes (their ids, feedback, elements, steps); the steps' lookup, one
+    # multi-row upsert; the thread read back. As many for 10 steps as for 200.
+    assert sql_statements.count == 8, sql_statements.statements

@@ -2,7 +2,7 @@
 safe against concurrent writers, streamed output, and deletion of a step with its descendants."""
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -566,7 +566,11 @@ class _Replay:
 
 
 async def ingest_steps(
-    session: AsyncSession, *, writes: Sequence[StepWrite], access: Access
+    session: AsyncSession,
+    *,
+    writes: Sequence[StepWrite],
+    access: Access,
+    written_threads: Collection[str] = (),
 ) -> list[StepRow | GatewayError]:
     """Upsert each step on its own: one outcome per write, in order (the step, or why it was not
     written, as `upsert_step` would tell); a failing write changes nothing, the others land, and a
@@ -598,9 +602,9 @@ async def ingest_steps(
         )
     dialect = dialect_name(session)
     created: set[str] = set()
-    if replay.new_threads:
+    new_threads = sorted(item for item in replay.new_threads.items() if item[0] not in written_threads)
+    if new_threads:
         # Rows in id order, as every batch writes them, so that batches sharing rows do not deadlock.
-        new_threads = sorted(replay.new_threads.items())
         rows = [new_thread_row(thread_id, access, now) for thread_id, now in new_threads]
         statement = insert_missing_threads(dialect).returning(threads_table.c.id)
         created = set((await session.execute(statement, rows)).scalars())

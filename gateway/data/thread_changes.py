@@ -53,7 +53,11 @@ async def apply_thread_changes(
     deleted, object_keys = await steps.delete_steps_of_thread(
         session, thread_id=thread_id, step_ids=delete_step_ids
     )
-    outcomes = await steps.ingest_steps(session, writes=writes, access=access) if writes else []
+    outcomes = (
+        await steps.ingest_steps(session, writes=writes, access=access, written_threads={thread_id})
+        if writes
+        else []
+    )
     written: list[StepRow] = []
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, GatewayError):
