@@ -19,6 +19,7 @@ from resolvers.limits import QueryLimits
 from resolvers.scalars import SCALARS
 from resolvers.steps.mutations import StepMutations
 from resolvers.steps.queries import StepQueries
+from resolvers.threads.changes import ThreadChangesMutations
 from resolvers.threads.mutations import ThreadMutations
 from resolvers.threads.queries import ThreadQueries
 from resolvers.users.mutations import UserMutations
@@ -26,7 +27,15 @@ from resolvers.users.queries import UserQueries
 
 Query = merge_types("Query", (UserQueries, ThreadQueries, StepQueries, ElementQueries))
 Mutation = merge_types(
-    "Mutation", (UserMutations, ThreadMutations, StepMutations, FeedbackMutations, ElementMutations)
+    "Mutation",
+    (
+        UserMutations,
+        ThreadMutations,
+        ThreadChangesMutations,
+        StepMutations,
+        FeedbackMutations,
+        ElementMutations,
+    ),
 )
 
 

@@ -201,3 +201,27 @@ async def test_a_users_batch_costs_the_same_statements_for_10_steps_as_for_100(
     # The token's user; where the steps and parents are; their threads; the threads created if
     # missing; the multi-row upsert.
     assert counts == [5, 5], log.statements
+
+
+APPLY = "mutation($i: ThreadChangesInput!) { applyThreadChanges(input: $i) { thread { id } deletedStepIds } }"
+
+
+@pytest.mark.parametrize("size", [10, 200])
+async def test_a_threads_changes_cost_statements_bounded_by_their_shape(
+    api: Api, sql_statements: StatementLog, size: int
+) -> None:
+    thread_id = new_uuid()
+    old = [{"id": new_uuid(), "type": "user_message", "output": f"old {index}"} for index in range(size)]
+    await api.ok(APPLY, i={"thread": {"id": thread_id}, "upsertSteps": old})
+    sql_statements.clear()
+    new = [{"id": new_uuid(), "type": "assistant_message", "output": f"new {index}"} for index in range(size)]
+    changes = {
+        "thread": {"id": thread_id, "metadata": {"turn": 2}},
+        "upsertSteps": new,
+        "deleteStepIds": [step["id"] for step in old],
+    }
+    applied = (await api.ok(APPLY, i=changes))["applyThreadChanges"]
+    assert len(applied["deletedStepIds"]) == size
+    # The thread's upsert; the deletes (their ids, feedback, elements, steps); the steps' lookup, one
+    # multi-row upsert; the thread read back. As many for 10 steps as for 200.
+    assert sql_statements.count == 8, sql_statements.statements

@@ -2,7 +2,7 @@
 safe against concurrent writers, streamed output, and deletion of a step with its descendants."""
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -574,7 +574,11 @@ class _Replay:
 
 
 async def ingest_steps(
-    session: AsyncSession, *, writes: Sequence[StepWrite], access: Access
+    session: AsyncSession,
+    *,
+    writes: Sequence[StepWrite],
+    access: Access,
+    written_threads: Collection[str] = (),
 ) -> list[StepRow | GatewayError]:
     """Upsert each step on its own: one outcome per write, in order (the step, or why it was not
     written, as `upsert_step` would tell); a failing write changes nothing, the others land, and a
@@ -606,9 +610,9 @@ async def ingest_steps(
         )
     dialect = dialect_name(session)
     created: set[str] = set()
-    if replay.new_threads:
+    new_threads = sorted(item for item in replay.new_threads.items() if item[0] not in written_threads)
+    if new_threads:
         # Rows in id order, as every batch writes them, so that batches sharing rows do not deadlock.
-        new_threads = sorted(replay.new_threads.items())
         rows = [new_thread_row(thread_id, access, now) for thread_id, now in new_threads]
         statement = insert_missing_threads(dialect).returning(threads_table.c.id)
         created = set((await session.execute(statement, rows)).scalars())
@@ -710,3 +714,33 @@ async def delete_step(session: AsyncSession, *, step_id: str, access: Access) ->
     )
     await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
     return [key for key in object_keys if key]
+
+
+async def delete_steps_of_thread(
+    session: AsyncSession, *, thread_id: str, step_ids: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Delete those of `step_ids` that are steps of the thread, with their descendants and their
+    feedback and elements; ids of no step of the thread are passed over (already deleted, so a
+    retried batch deletes nothing more). Returns (the ids named that were deleted, object keys).
+
+    The caller has checked that the thread may be written."""
+    if not step_ids:
+        return [], []
+    named = sa.select(steps_table.c.id).where(
+        steps_table.c.id.in_(sorted(set(step_ids))), steps_table.c.threadId == thread_id
+    )
+    deleted = sorted((await session.execute(named)).scalars())
+    if not deleted:
+        return [], []
+    tree = named.cte("subtree", recursive=True)
+    tree = tree.union(
+        sa.select(steps_table.c.id).where(
+            steps_table.c.parentId == tree.c.id, steps_table.c.threadId == thread_id
+        )
+    )
+    in_tree = sa.select(tree.c.id)
+    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.forId.in_(in_tree)))
+    removed = sa.delete(elements_table).where(elements_table.c.forId.in_(in_tree))
+    object_keys = list((await session.execute(removed.returning(elements_table.c.objectKey))).scalars())
+    await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
+    return deleted, [key for key in object_keys if key]

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -62,10 +63,10 @@ def _given(value: Any) -> Any:
     return KEEP if value is strawberry.UNSET else value
 
 
-def step_changes(step_input: StepInput) -> tuple[str, str | None, StepChanges]:
-    """Validate a step input into (step id, thread id or None, changes)."""
-    step_id = parse_id(step_input.id, "input.id")
-    check_input(step_input, "input", STEP_LIMITS)
+def step_changes(step_input: StepInput, path: str = "input") -> tuple[str, str | None, StepChanges]:
+    """Validate a step input (at `path` in the request) into (step id, thread id or None, changes)."""
+    step_id = parse_id(step_input.id, f"{path}.id")
+    check_input(step_input, path, STEP_LIMITS)
     thread_id = None if step_input.thread_id is strawberry.UNSET else step_input.thread_id
     if step_input.thread_id is None:
         raise BadUserInput("`threadId` cannot be null", field="threadId")
@@ -76,7 +77,7 @@ def step_changes(step_input: StepInput) -> tuple[str, str | None, StepChanges]:
     changes = StepChanges(
         name=_given(step_input.name),
         type=_given(step_input.type),
-        parentId=KEEP if parent is strawberry.UNSET else parse_optional_id(parent, "input.parentId"),
+        parentId=KEEP if parent is strawberry.UNSET else parse_optional_id(parent, f"{path}.parentId"),
         input=_given(step_input.input),
         output=_given(step_input.output),
         isError=_given(step_input.is_error),
@@ -95,7 +96,25 @@ def step_changes(step_input: StepInput) -> tuple[str, str | None, StepChanges]:
         start=_given(step_input.start),
         end=_given(step_input.end),
     )
-    return step_id, parse_optional_id(thread_id, "input.threadId"), changes
+    return step_id, parse_optional_id(thread_id, f"{path}.threadId"), changes
+
+
+def checked_step_writes(step_inputs: Sequence[StepInput], path: str) -> list[StepWrite | GatewayError]:
+    """Each step input of a batch validated into a write, or its error (naming the input as `path`,
+    where `{index}` is its position). Steps
+    created without a createdAt keep the batch's order: a millisecond apart, the last one now
+    (otherwise they would tie, and their order would fall to the client's ids)."""
+    now = datetime.now(UTC)
+    checked: list[StepWrite | GatewayError] = []
+    for index, step_input in enumerate(step_inputs):
+        created_if_new = format_timestamp(now - timedelta(milliseconds=len(step_inputs) - 1 - index))
+        try:
+            step_id, thread_id, changes = step_changes(step_input, path.format(index=index))
+        except GatewayError as error:
+            checked.append(error)
+            continue
+        checked.append(StepWrite(step_id=step_id, thread_id=thread_id, changes=changes, now=created_if_new))
+    return checked
 
 
 @strawberry.type(description="Why one step of a batch was not written.")
@@ -161,20 +180,7 @@ class StepMutations:
             raise BadUserInput(
                 f"at most {MAX_INGEST_BATCH} steps per batch, not {len(steps_)}", argument="steps"
             )
-        # Steps created without a createdAt keep the batch's order: a millisecond apart, the last
-        # one now (otherwise they would tie, and their order would fall to the client's ids).
-        now = datetime.now(UTC)
-        checked: list[StepWrite | GatewayError] = []
-        for index, step_input in enumerate(steps_):
-            created_if_new = format_timestamp(now - timedelta(milliseconds=len(steps_) - 1 - index))
-            try:
-                step_id, thread_id, changes = step_changes(step_input)
-            except GatewayError as error:
-                checked.append(error)
-                continue
-            checked.append(
-                StepWrite(step_id=step_id, thread_id=thread_id, changes=changes, now=created_if_new)
-            )
+        checked = checked_step_writes(steps_, "input")
         writes = [item for item in checked if isinstance(item, StepWrite)]
         async with info.context.write() as session:
             written = iter(await steps.ingest_steps(session, writes=writes, access=info.context.access))

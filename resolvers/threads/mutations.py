@@ -33,6 +33,28 @@ class ThreadInput:
 THREAD_LIMITS = {"name": NAME, "user_identifier": IDENTIFIER, "tags": TAGS, "metadata": JSON_VALUE}
 
 
+def thread_changes(thread_input: ThreadInput, path: str = "input") -> tuple[str, ThreadChanges]:
+    """Validate a thread input (at `path` in the request) into (thread id, changes)."""
+    thread_id = parse_id(thread_input.id, f"{path}.id")
+    check_input(thread_input, path, THREAD_LIMITS)
+    if thread_input.metadata is None:
+        raise BadUserInput("`metadata` cannot be null; to delete a key, set it to null", field="metadata")
+    if thread_input.created_at is None:
+        raise BadUserInput("`createdAt` cannot be null", field="createdAt")
+    user_id = thread_input.user_id
+    changes = ThreadChanges(
+        name=KEEP if thread_input.name is strawberry.UNSET else thread_input.name,
+        userId=KEEP if user_id is strawberry.UNSET else parse_optional_id(user_id, f"{path}.userId"),
+        userIdentifier=KEEP
+        if thread_input.user_identifier in (strawberry.UNSET, None)
+        else thread_input.user_identifier,
+        tags=KEEP if thread_input.tags is strawberry.UNSET else thread_input.tags,
+        metadata=KEEP if thread_input.metadata is strawberry.UNSET else thread_input.metadata,
+        createdAt=KEEP if thread_input.created_at is strawberry.UNSET else thread_input.created_at,
+    )
+    return thread_id, changes
+
+
 @strawberry.type
 class ThreadMutations:
     @strawberry.mutation(
@@ -40,24 +62,7 @@ class ThreadMutations:
         "(not even updatedAt)."
     )
     async def upsert_thread(self, info: Info, input: ThreadInput) -> Thread:
-        thread_id = parse_id(input.id, "input.id")
-        check_input(input, "input", THREAD_LIMITS)
-        if input.metadata is None:
-            raise BadUserInput("`metadata` cannot be null; to delete a key, set it to null", field="metadata")
-        if input.created_at is None:
-            raise BadUserInput("`createdAt` cannot be null", field="createdAt")
-        changes = ThreadChanges(
-            name=KEEP if input.name is strawberry.UNSET else input.name,
-            userId=KEEP
-            if input.user_id is strawberry.UNSET
-            else parse_optional_id(input.user_id, "input.userId"),
-            userIdentifier=KEEP
-            if input.user_identifier in (strawberry.UNSET, None)
-            else input.user_identifier,
-            tags=KEEP if input.tags is strawberry.UNSET else input.tags,
-            metadata=KEEP if input.metadata is strawberry.UNSET else input.metadata,
-            createdAt=KEEP if input.created_at is strawberry.UNSET else input.created_at,
-        )
+        thread_id, changes = thread_changes(input)
         async with info.context.write() as session:
             row = await threads.upsert_thread(
                 session, thread_id=thread_id, changes=changes, access=info.context.access, now=utc_now()
