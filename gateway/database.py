@@ -54,20 +54,22 @@ class Database:
             raise ValueError(
                 f"unsupported database {parsed.drivername!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://"
             )
-        self._reads = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
         self._writes = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        # A write of one statement needs no BEGIN and COMMIT of its own (two round trips, and as
-        # much of PostgreSQL's time as the statement): the statement is its own transaction.
-        # SQLite's writes keep BEGIN IMMEDIATE, which orders the writers of several processes.
-        self._one_statement_writes = (
-            async_sessionmaker(
-                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-                expire_on_commit=False,
-                autoflush=False,
+        if self.dialect_name == "postgresql":
+            # Reads, and writes of one statement, need no BEGIN and ROLLBACK or COMMIT around them
+            # (two round trips, and as much of PostgreSQL's time as a small statement): each
+            # statement is its own transaction. Reads lose nothing by it: at READ COMMITTED every
+            # statement of a transaction takes a snapshot of its own anyway.
+            statements = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._reads = async_sessionmaker(statements, expire_on_commit=False, autoflush=False)
+            self._one_statement_writes = async_sessionmaker(
+                statements, expire_on_commit=False, autoflush=False
             )
-            if self.dialect_name == "postgresql"
-            else self._writes
-        )
+        else:
+            # SQLite: a read transaction is one snapshot (WAL) for all its statements; writes keep
+            # BEGIN IMMEDIATE, which orders the writers of several processes.
+            self._reads = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
+            self._one_statement_writes = self._writes
 
     @property
     def engines(self) -> tuple[AsyncEngine, ...]:
@@ -75,7 +77,7 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads; whatever it did is rolled back when it closes."""
+        """A session for reads only (on PostgreSQL each statement commits as it runs)."""
         async with self._reads() as session:
             yield session
 
