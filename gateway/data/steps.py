@@ -686,26 +686,8 @@ async def append_step_output(session: AsyncSession, *, step_id: str, delta: str,
 async def delete_step(session: AsyncSession, *, step_id: str, access: Access) -> list[str]:
     """Delete the step, its descendants, and their feedback and elements; returns object keys."""
     thread_id = await _writable_step(session, step_id=step_id, access=access, missing=_missing_step(step_id))
-    tree = sa.select(steps_table.c.id).where(steps_table.c.id == step_id).cte("subtree", recursive=True)
-    children = sa.select(steps_table.c.id).where(
-        steps_table.c.parentId == tree.c.id, steps_table.c.threadId == thread_id
-    )
-    tree = tree.union(children)
-    in_tree = sa.select(tree.c.id)
-    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.forId.in_(in_tree)))
-    object_keys = (
-        (
-            await session.execute(
-                sa.delete(elements_table)
-                .where(elements_table.c.forId.in_(in_tree))
-                .returning(elements_table.c.objectKey)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
-    return [key for key in object_keys if key]
+    roots = sa.select(steps_table.c.id).where(steps_table.c.id == step_id)
+    return await _delete_step_trees(session, thread_id=thread_id, roots=roots)
 
 
 async def delete_steps_of_thread(
@@ -724,7 +706,15 @@ async def delete_steps_of_thread(
     deleted = sorted((await session.execute(named)).scalars())
     if not deleted:
         return [], []
-    tree = named.cte("subtree", recursive=True)
+    return deleted, await _delete_step_trees(session, thread_id=thread_id, roots=named)
+
+
+async def _delete_step_trees(
+    session: AsyncSession, *, thread_id: str, roots: sa.Select[tuple[str]]
+) -> list[str]:
+    """Delete the steps `roots` selects (steps of the thread) with their descendants, and their
+    feedback and elements: one statement per table. Returns the elements' stored objects' keys."""
+    tree = roots.cte("subtree", recursive=True)
     tree = tree.union(
         sa.select(steps_table.c.id).where(
             steps_table.c.parentId == tree.c.id, steps_table.c.threadId == thread_id
@@ -735,4 +725,4 @@ async def delete_steps_of_thread(
     removed = sa.delete(elements_table).where(elements_table.c.forId.in_(in_tree))
     object_keys = list((await session.execute(removed.returning(elements_table.c.objectKey))).scalars())
     await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
-    return deleted, [key for key in object_keys if key]
+    return [key for key in object_keys if key]
