@@ -12,9 +12,11 @@ page, search and rate like any other:
 
 - the thread's id is a UUID derived from the context id (and the storage's `namespace`), so the
   same context id always finds the same thread; its metadata holds the context id
-  (`chatskyContextId`), the namespace (`chatskyStorage`) and the MAIN record (`chatskyMain`: the
-  current turn id, Chatsky's own created/updated times as integer nanoseconds in decimal strings,
-  `misc` and `framework_data` as base64);
+  (`chatskyContextId`; one the gateway cannot store as text, with a NUL or a lone surrogate, is
+  there readable and in `chatskyContextIdBase64` exactly, as UTF-8 with surrogates), the
+  namespace (`chatskyStorage`) and the MAIN record (`chatskyMain`: the current turn id,
+  Chatsky's own created/updated times as integer nanoseconds in decimal strings, `misc` and
+  `framework_data` as base64);
 - each turn's request is a `user_message` step and each response an `assistant_message` step, a
   label a `chatsky_label` step; a step's `output` is the message's text (the label as
   `flow.node`), and its `metadata.chatsky` holds the field, the key and the item's bytes exactly
@@ -274,7 +276,11 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         return _id(self.namespace, ctx_id, field_name, "keys")
 
     def _marker(self, ctx_id: str) -> dict[str, Any]:
-        return {"chatskyStorage": self.namespace, "chatskyContextId": ctx_id}
+        marker = {"chatskyStorage": self.namespace, "chatskyContextId": _storable(ctx_id)}
+        if marker["chatskyContextId"] != ctx_id:
+            # Text the gateway cannot store (a NUL, a lone surrogate): readable above, exact here.
+            marker["chatskyContextIdBase64"] = _encode(ctx_id.encode("utf-8", "surrogatepass"))
+        return marker
 
     @staticmethod
     def _main_record(ctx_info: ContextMainInfo) -> dict[str, Any]:

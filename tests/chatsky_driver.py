@@ -92,8 +92,15 @@ async def _storage_promises(url: str) -> dict[str, Any]:
     context = await Context.connected(storage, start_label=("flow", "node"), id="turns")
     assert len(sent) == 1, sent
     assert context.current_turn_id == 1 and (await context.requests[1]).text == "hello"
+
+    # Any string is a context id, even one the gateway cannot store as text.
+    odd_id = "a NUL \u0000, a lone \ud800"
+    await storage.update_context(odd_id, info, [("requests", [(1, zeros)], [])])
+    assert await storage.load_main_info(odd_id) == info
+    assert await storage.load_field_latest(odd_id, "requests") == [(1, zeros)]
     await storage.close()
-    return {"threadId": storage.thread_id(ctx_id), "contextId": ctx_id}
+    odd = {"threadId": storage.thread_id(odd_id), "contextId": odd_id}
+    return {"threadId": storage.thread_id(ctx_id), "contextId": ctx_id, "odd": odd}
 
 
 def storage_promises(url: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ passes, and what the bot stored is a thread that any client reads, pages and rat
 Chatsky runs in processes of their own (tests/chatsky_driver.py, tests/chatsky_suite/): importing
 it applies `nest_asyncio` to the whole process."""
 
+import base64
 import importlib.util
 import json
 import os
@@ -174,6 +175,11 @@ def test_items_are_kept_byte_for_byte_and_read_back_as_text(gateway_url: str) ->
     assert outputs == [None, None, "a NUL \ufffd and a lone ?", None]
     labels = [edge["node"]["output"] for edge in thread["labels"]["edges"]]
     assert labels == [None, None, None]  # label 1 deleted; these bytes are no label
+    # A context id the gateway cannot store as text: readable, and exact in base64.
+    odd = graphql(gateway_url, THREAD, id=report["odd"]["threadId"])["thread"]["metadata"]
+    assert odd["chatskyContextId"] == "a NUL \ufffd, a lone ?"
+    exact = base64.b64decode(odd["chatskyContextIdBase64"]).decode("utf-8", "surrogatepass")
+    assert exact == report["odd"]["contextId"] == "a NUL \u0000, a lone \ud800"
 
 
 def test_chatskys_own_context_storage_suite(gateway_url: str) -> None:
