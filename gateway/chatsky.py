@@ -236,7 +236,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         self.url, self.api_key, self.namespace = url, api_key, namespace
         self.timeout, self.attempts = timeout, attempts
         self._clients: dict[asyncio.AbstractEventLoop, GatewayClient] = {}
-        self._created_at: dict[str, int] = {}  # context id: Chatsky's created_at, once seen
         self._reads = ReadBatcher(self._client)
 
     # --- the connection: one pooled client per event loop ------------------------------------
@@ -303,7 +302,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         record = ((thread or {}).get("metadata") or {}).get("chatskyMain")
         if not isinstance(record, dict):
             return None
-        self._created_at[ctx_id] = int(record["createdAt"])
         return ContextMainInfo.model_validate(
             {
                 "current_turn_id": record["currentTurnId"],
@@ -321,13 +319,14 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         ctx_info: ContextMainInfo | None,
         field_info: list[tuple[str, list[tuple[int, bytes | None]]]],
     ) -> None:
-        if ctx_info is not None:
-            self._created_at[ctx_id] = ctx_info.created_at
-        elif ctx_id not in self._created_at:
-            # Items written before (or without) this storage saw the MAIN record: their place in
-            # the thread counts from the context's creation, so look it up once.
-            await self._load_main_info(ctx_id)
-        base = self._created_at.get(ctx_id, 0) // 1_000_000
+        stored = ctx_info
+        if stored is None:
+            # Items without the MAIN record: their place in the thread counts from the context's
+            # creation as stored now. Read, not remembered: another process may have recreated the
+            # context since, and a bot's memory would grow with every context it ever served.
+            # (Chatsky's own contexts always write their MAIN record along.)
+            stored = await self._load_main_info(ctx_id)
+        base = (stored.created_at if stored is not None else 0) // 1_000_000
         now = datetime.now(UTC)
         items: dict[str, tuple[str, int, bytes | None]] = {}  # step id: the last write of an item
         for field_name, field_items in field_info:
@@ -378,7 +377,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
             await self._client().execute(APPLY, {"input": changes})
 
     async def _delete_context(self, ctx_id: str) -> None:
-        self._created_at.pop(ctx_id, None)
         try:
             await self._client().execute(DELETE, {"id": self.thread_id(ctx_id)})
         except GatewayError as error:
@@ -459,7 +457,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
 
     async def _clear_all(self) -> None:
         """Delete every context of this storage's namespace (threads only it wrote)."""
-        self._created_at.clear()
         while True:
             data = await self._client().execute(LIST, {"metadata": {"chatskyStorage": self.namespace}})
             ids = [edge["node"]["id"] for edge in data["threads"]["edges"]]
