@@ -691,17 +691,18 @@ async def delete_step(session: AsyncSession, *, step_id: str, access: Access) ->
 
 
 async def delete_steps_of_thread(
-    session: AsyncSession, *, thread_id: str, step_ids: Sequence[str]
+    session: AsyncSession, *, thread_id: str, step_ids: Sequence[str], access: Access
 ) -> tuple[list[str], list[str]]:
     """Delete those of `step_ids` that are steps of the thread, with their descendants and their
     feedback and elements; ids of no step of the thread are passed over (already deleted, so a
-    retried batch deletes nothing more). Returns (the ids named that were deleted, object keys).
-
-    The caller has checked that the thread may be written."""
+    retried batch deletes nothing more), as are steps the caller may not write (a user's access
+    rides in the statement that finds them). Returns (the ids named that were deleted, object keys)."""
     if not step_ids:
         return [], []
     named = sa.select(steps_table.c.id).where(
-        steps_table.c.id.in_(sorted(set(step_ids))), steps_table.c.threadId == thread_id
+        steps_table.c.id.in_(sorted(set(step_ids))),
+        steps_table.c.threadId == thread_id,
+        *access.writable_steps(),
     )
     deleted = sorted((await session.execute(named)).scalars())
     if not deleted:
