@@ -133,7 +133,10 @@ def test_a_chatsky_bots_conversations_are_threads_of_the_gateway(gateway_url: st
         assert [step["metadata"]["chatsky"]["key"] for step in steps] == [
             key for key in range(1, len(happy_path) + 1) for _ in "qa"
         ]
-        assert len(thread["labels"]["edges"]) == len(happy_path) + 1  # and the start label
+        labels = [edge["node"]["output"] for edge in thread["labels"]["edges"]]
+        assert len(labels) == len(happy_path) + 1  # and the start label, label 0, first
+        assert labels[0] == "greeting_flow.start_node", labels  # readable as `flow.node`
+        assert all(label.startswith("greeting_flow.") for label in labels), labels
 
         # A frontend rates the bot's answer like any other.
         answer = steps[1]["id"]
