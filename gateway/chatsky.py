@@ -12,9 +12,11 @@ page, search and rate like any other:
 
 - the thread's id is a UUID derived from the context id (and the storage's `namespace`), so the
   same context id always finds the same thread; its metadata holds the context id
-  (`chatskyContextId`), the namespace (`chatskyStorage`) and the MAIN record (`chatskyMain`: the
-  current turn id, Chatsky's own created/updated times as integer nanoseconds in decimal strings,
-  `misc` and `framework_data` as base64);
+  (`chatskyContextId`; one the gateway cannot store as text, with a NUL or a lone surrogate, is
+  there readable and in `chatskyContextIdBase64` exactly, as UTF-8 with surrogates), the
+  namespace (`chatskyStorage`) and the MAIN record (`chatskyMain`: the current turn id,
+  Chatsky's own created/updated times as integer nanoseconds in decimal strings, `misc` and
+  `framework_data` as base64);
 - each turn's request is a `user_message` step and each response an `assistant_message` step, a
   label a `chatsky_label` step; a step's `output` is the message's text (the label as
   `flow.node`), and its `metadata.chatsky` holds the field, the key and the item's bytes exactly
@@ -234,7 +236,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         self.url, self.api_key, self.namespace = url, api_key, namespace
         self.timeout, self.attempts = timeout, attempts
         self._clients: dict[asyncio.AbstractEventLoop, GatewayClient] = {}
-        self._created_at: dict[str, int] = {}  # context id: Chatsky's created_at, once seen
         self._reads = ReadBatcher(self._client)
 
     # --- the connection: one pooled client per event loop ------------------------------------
@@ -274,7 +275,11 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         return _id(self.namespace, ctx_id, field_name, "keys")
 
     def _marker(self, ctx_id: str) -> dict[str, Any]:
-        return {"chatskyStorage": self.namespace, "chatskyContextId": ctx_id}
+        marker = {"chatskyStorage": self.namespace, "chatskyContextId": _storable(ctx_id)}
+        if marker["chatskyContextId"] != ctx_id:
+            # Text the gateway cannot store (a NUL, a lone surrogate): readable above, exact here.
+            marker["chatskyContextIdBase64"] = _encode(ctx_id.encode("utf-8", "surrogatepass"))
+        return marker
 
     @staticmethod
     def _main_record(ctx_info: ContextMainInfo) -> dict[str, Any]:
@@ -297,7 +302,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         record = ((thread or {}).get("metadata") or {}).get("chatskyMain")
         if not isinstance(record, dict):
             return None
-        self._created_at[ctx_id] = int(record["createdAt"])
         return ContextMainInfo.model_validate(
             {
                 "current_turn_id": record["currentTurnId"],
@@ -315,13 +319,14 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
         ctx_info: ContextMainInfo | None,
         field_info: list[tuple[str, list[tuple[int, bytes | None]]]],
     ) -> None:
-        if ctx_info is not None:
-            self._created_at[ctx_id] = ctx_info.created_at
-        elif ctx_id not in self._created_at:
-            # Items written before (or without) this storage saw the MAIN record: their place in
-            # the thread counts from the context's creation, so look it up once.
-            await self._load_main_info(ctx_id)
-        base = self._created_at.get(ctx_id, 0) // 1_000_000
+        stored = ctx_info
+        if stored is None:
+            # Items without the MAIN record: their place in the thread counts from the context's
+            # creation as stored now. Read, not remembered: another process may have recreated the
+            # context since, and a bot's memory would grow with every context it ever served.
+            # (Chatsky's own contexts always write their MAIN record along.)
+            stored = await self._load_main_info(ctx_id)
+        base = (stored.created_at if stored is not None else 0) // 1_000_000
         now = datetime.now(UTC)
         items: dict[str, tuple[str, int, bytes | None]] = {}  # step id: the last write of an item
         for field_name, field_items in field_info:
@@ -372,7 +377,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
             await self._client().execute(APPLY, {"input": changes})
 
     async def _delete_context(self, ctx_id: str) -> None:
-        self._created_at.pop(ctx_id, None)
         try:
             await self._client().execute(DELETE, {"id": self.thread_id(ctx_id)})
         except GatewayError as error:
@@ -453,7 +457,6 @@ class GatewayContextStorage(DBContextStorage):  # type: ignore[misc]  # chatsky 
 
     async def _clear_all(self) -> None:
         """Delete every context of this storage's namespace (threads only it wrote)."""
-        self._created_at.clear()
         while True:
             data = await self._client().execute(LIST, {"metadata": {"chatskyStorage": self.namespace}})
             ids = [edge["node"]["id"] for edge in data["threads"]["edges"]]

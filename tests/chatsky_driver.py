@@ -92,8 +92,27 @@ async def _storage_promises(url: str) -> dict[str, Any]:
     context = await Context.connected(storage, start_label=("flow", "node"), id="turns")
     assert len(sent) == 1, sent
     assert context.current_turn_id == 1 and (await context.requests[1]).text == "hello"
+
+    # Another process recreates a context: a write without the MAIN record then places its items by
+    # the context as stored now, not as this storage saw it before (the latest stay the latest).
+    other = GatewayContextStorage(url, api_key=os.environ.get("GATEWAY_CHATSKY_API_KEY"))
+    first = ContextMainInfo(created_at=4 * 10**18)
+    await storage.update_context("again", first, [("requests", [(1, b"a")], [])])
+    await other.delete_context("again")
+    recreated = ContextMainInfo(current_turn_id=3, created_at=10**18)
+    await other.update_context("again", recreated, [("requests", [(2, b"2"), (3, b"3")], [])])
+    await storage.update_context("again", None, [("requests", [(1, b"1")], [])])
+    assert await storage.load_field_latest("again", "requests") == [(3, b"3"), (2, b"2")]
+    await other.close()
+
+    # Any string is a context id, even one the gateway cannot store as text.
+    odd_id = "a NUL \u0000, a lone \ud800"
+    await storage.update_context(odd_id, info, [("requests", [(1, zeros)], [])])
+    assert await storage.load_main_info(odd_id) == info
+    assert await storage.load_field_latest(odd_id, "requests") == [(1, zeros)]
     await storage.close()
-    return {"threadId": storage.thread_id(ctx_id), "contextId": ctx_id}
+    odd = {"threadId": storage.thread_id(odd_id), "contextId": odd_id}
+    return {"threadId": storage.thread_id(ctx_id), "contextId": ctx_id, "odd": odd}
 
 
 def storage_promises(url: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ passes, and what the bot stored is a thread that any client reads, pages and rat
 Chatsky runs in processes of their own (tests/chatsky_driver.py, tests/chatsky_suite/): importing
 it applies `nest_asyncio` to the whole process."""
 
+import base64
 import importlib.util
 import json
 import os
@@ -132,7 +133,10 @@ def test_a_chatsky_bots_conversations_are_threads_of_the_gateway(gateway_url: st
         assert [step["metadata"]["chatsky"]["key"] for step in steps] == [
             key for key in range(1, len(happy_path) + 1) for _ in "qa"
         ]
-        assert len(thread["labels"]["edges"]) == len(happy_path) + 1  # and the start label
+        labels = [edge["node"]["output"] for edge in thread["labels"]["edges"]]
+        assert len(labels) == len(happy_path) + 1  # and the start label, label 0, first
+        assert labels[0] == "greeting_flow.start_node", labels  # readable as `flow.node`
+        assert all(label.startswith("greeting_flow.") for label in labels), labels
 
         # A frontend rates the bot's answer like any other.
         answer = steps[1]["id"]
@@ -174,6 +178,11 @@ def test_items_are_kept_byte_for_byte_and_read_back_as_text(gateway_url: str) ->
     assert outputs == [None, None, "a NUL \ufffd and a lone ?", None]
     labels = [edge["node"]["output"] for edge in thread["labels"]["edges"]]
     assert labels == [None, None, None]  # label 1 deleted; these bytes are no label
+    # A context id the gateway cannot store as text: readable, and exact in base64.
+    odd = graphql(gateway_url, THREAD, id=report["odd"]["threadId"])["thread"]["metadata"]
+    assert odd["chatskyContextId"] == "a NUL \ufffd, a lone ?"
+    exact = base64.b64decode(odd["chatskyContextIdBase64"]).decode("utf-8", "surrogatepass")
+    assert exact == report["odd"]["contextId"] == "a NUL \u0000, a lone \ud800"
 
 
 def test_chatskys_own_context_storage_suite(gateway_url: str) -> None:

@@ -87,8 +87,9 @@ async def test_one_bad_item_writes_nothing_and_names_the_item(api: Api) -> None:
         error = await api.error(APPLY, input=changes)
         assert error["extensions"]["code"] == code, error
         assert error["extensions"].get("item") == item, error
-        if item is not None:
-            assert error["message"].startswith(f"`input.{item}") or error["message"].startswith(item)
+        if item is not None:  # named once, at the start of the message
+            assert error["message"].startswith((f"`input.{item}.", f"{item}: ")), error
+            assert error["message"].count(item) == 1, error
         assert await thread_of(api, thread_id) == before
     new_thread = new_uuid()
     error = await api.error(APPLY, input={"thread": {"id": new_thread}, "upsertSteps": [good, cases[0][0]]})

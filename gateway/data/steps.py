@@ -694,45 +694,36 @@ async def append_step_output(session: AsyncSession, *, step_id: str, delta: str,
 async def delete_step(session: AsyncSession, *, step_id: str, access: Access) -> list[str]:
     """Delete the step, its descendants, and their feedback and elements; returns object keys."""
     thread_id = await _writable_step(session, step_id=step_id, access=access, missing=_missing_step(step_id))
-    tree = sa.select(steps_table.c.id).where(steps_table.c.id == step_id).cte("subtree", recursive=True)
-    children = sa.select(steps_table.c.id).where(
-        steps_table.c.parentId == tree.c.id, steps_table.c.threadId == thread_id
-    )
-    tree = tree.union(children)
-    in_tree = sa.select(tree.c.id)
-    await session.execute(sa.delete(feedbacks_table).where(feedbacks_table.c.forId.in_(in_tree)))
-    object_keys = (
-        (
-            await session.execute(
-                sa.delete(elements_table)
-                .where(elements_table.c.forId.in_(in_tree))
-                .returning(elements_table.c.objectKey)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
-    return [key for key in object_keys if key]
+    roots = sa.select(steps_table.c.id).where(steps_table.c.id == step_id)
+    return await _delete_step_trees(session, thread_id=thread_id, roots=roots)
 
 
 async def delete_steps_of_thread(
-    session: AsyncSession, *, thread_id: str, step_ids: Sequence[str]
+    session: AsyncSession, *, thread_id: str, step_ids: Sequence[str], access: Access
 ) -> tuple[list[str], list[str]]:
     """Delete those of `step_ids` that are steps of the thread, with their descendants and their
     feedback and elements; ids of no step of the thread are passed over (already deleted, so a
-    retried batch deletes nothing more). Returns (the ids named that were deleted, object keys).
-
-    The caller has checked that the thread may be written."""
+    retried batch deletes nothing more), as are steps the caller may not write (a user's access
+    rides in the statement that finds them). Returns (the ids named that were deleted, object keys)."""
     if not step_ids:
         return [], []
     named = sa.select(steps_table.c.id).where(
-        steps_table.c.id.in_(sorted(set(step_ids))), steps_table.c.threadId == thread_id
+        steps_table.c.id.in_(sorted(set(step_ids))),
+        steps_table.c.threadId == thread_id,
+        *access.writable_steps(),
     )
     deleted = sorted((await session.execute(named)).scalars())
     if not deleted:
         return [], []
-    tree = named.cte("subtree", recursive=True)
+    return deleted, await _delete_step_trees(session, thread_id=thread_id, roots=named)
+
+
+async def _delete_step_trees(
+    session: AsyncSession, *, thread_id: str, roots: sa.Select[tuple[str]]
+) -> list[str]:
+    """Delete the steps `roots` selects (steps of the thread) with their descendants, and their
+    feedback and elements: one statement per table. Returns the elements' stored objects' keys."""
+    tree = roots.cte("subtree", recursive=True)
     tree = tree.union(
         sa.select(steps_table.c.id).where(
             steps_table.c.parentId == tree.c.id, steps_table.c.threadId == thread_id
@@ -743,4 +734,4 @@ async def delete_steps_of_thread(
     removed = sa.delete(elements_table).where(elements_table.c.forId.in_(in_tree))
     object_keys = list((await session.execute(removed.returning(elements_table.c.objectKey))).scalars())
     await session.execute(sa.delete(steps_table).where(steps_table.c.id.in_(in_tree)))
-    return deleted, [key for key in object_keys if key]
+    return [key for key in object_keys if key]

@@ -51,7 +51,7 @@ async def apply_thread_changes(
     """
     await threads.upsert_thread(session, thread_id=thread_id, changes=thread_changes, access=access, now=now)
     deleted, object_keys = await steps.delete_steps_of_thread(
-        session, thread_id=thread_id, step_ids=delete_step_ids
+        session, thread_id=thread_id, step_ids=delete_step_ids, access=access
     )
     outcomes = (
         await steps.ingest_steps(session, writes=writes, access=access, written_threads={thread_id})

@@ -43,9 +43,11 @@ class ThreadChangesPayload:
 
 
 def _item_error(path: str, error: GatewayError) -> GatewayError:
-    """The error of one item of the batch, naming it (`upsertSteps[2]`) in its message and in
+    """The error of one item of the batch, naming it (`upsertSteps[2]`) in its message (once: a
+    message about one of its fields names it already, `input.upsertSteps[2].id`) and in
     `extensions.item`; same code."""
-    message = error.message if error.message.startswith(f"`{path}") else f"{path}: {error.message}"
+    named = error.message.startswith(f"`input.{path}.")
+    message = error.message if named else f"{path}: {error.message}"
     return type(error)(message, **{**error.extensions, "item": path})
 
 
