@@ -80,6 +80,14 @@ class ObjectReaper:
             except Exception:  # the database may be down too: try again at the next interval
                 logger.exception("the object reaper failed; it tries again in %s s", self.interval)
 
+    async def drain(self) -> int:
+        """Try every due deletion once (for the CLI, which has no background task); returns how
+        many deletions of this store are still waiting (to be retried later)."""
+        while await self.run_once() == BATCH:
+            pass
+        async with self.db.session() as session:
+            return await object_deletions.count_deletions(session, store=self.store.location)
+
     async def run_once(self) -> int:
         """Give up uploads never completed, then try every due deletion once; returns how many
         deletions were due."""
