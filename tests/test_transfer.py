@@ -2,6 +2,7 @@
 operator runs them (the CLI in its own process), on SQLite and PostgreSQL; what was imported is
 read back through GraphQL."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -42,10 +43,13 @@ query($id: ID!) {
 }"""
 
 
-def gateway(
+async def gateway(
     *args: str, database_url: str, stdin: bytes | None = None, **settings: str
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
+    """The CLI in its own process, while this process's event loop goes on (the gateways the
+    tests run keep answering, and finish their transactions)."""
+    return await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "gateway.cli", *args],
         env=_env(
             database_url=database_url,
@@ -121,14 +125,14 @@ async def write_conversation(api: Api) -> dict[str, str]:
     return {"user": user_id, "thread": thread_id, "answer": answer, "element": with_bytes["id"]}
 
 
-def export(database_url: str, path: Path, *extra: str, **settings: str) -> bytes:
-    result = gateway("export", "--output", str(path), *extra, database_url=database_url, **settings)
+async def export(database_url: str, path: Path, *extra: str, **settings: str) -> bytes:
+    result = await gateway("export", "--output", str(path), *extra, database_url=database_url, **settings)
     assert result.returncode == 0, result.stderr.decode()
-    return path.read_bytes()
+    return await asyncio.to_thread(path.read_bytes)
 
 
-def imported(database_url: str, *args: str, stdin: bytes | None = None, **settings: str) -> str:
-    result = gateway("import", *args, database_url=database_url, stdin=stdin, **settings)
+async def imported(database_url: str, *args: str, stdin: bytes | None = None, **settings: str) -> str:
+    result = await gateway("import", *args, database_url=database_url, stdin=stdin, **settings)
     assert result.returncode == 0, result.stderr.decode()
     return result.stderr.decode()
 
@@ -138,7 +142,7 @@ async def test_round_trip_into_an_empty_database_gives_the_same_lines(
 ) -> None:
     ids = await write_conversation(api)
     files, target_files = tmp_path / "export-files", tmp_path / "target-store"
-    first = export(database_url, tmp_path / "first.jsonl", "--files", str(files))
+    first = await export(database_url, tmp_path / "first.jsonl", "--files", str(files))
     lines = [json.loads(line) for line in first.splitlines()]
     assert lines[0] == {"format": "conversation-gateway", "version": 1}
     assert [line["type"] for line in lines[1:]] == ["user", "thread"]
@@ -148,24 +152,24 @@ async def test_round_trip_into_an_empty_database_gives_the_same_lines(
     assert (files / stored["file"]).read_bytes() == b"bytes \x00\xff"
 
     storage = f"file://{target_files}"
-    summary = imported(
+    summary = await imported(
         empty_database, str(tmp_path / "first.jsonl"), "--files", str(files), storage_url=storage
     )
     assert "threads: 1 created, 0 updated, 0 unchanged, 0 failed" in summary
     assert "steps: 3 created" in summary and "elements: 2 created" in summary
     assert "feedback: 1 created" in summary and "users: 1 created" in summary
-    second = export(empty_database, tmp_path / "second.jsonl", storage_url=storage)
-    without_files = export(database_url, tmp_path / "plain.jsonl")
+    second = await export(empty_database, tmp_path / "second.jsonl", storage_url=storage)
+    without_files = await export(database_url, tmp_path / "plain.jsonl")
     assert second == without_files
     assert (target_files / stored["objectKey"]).read_bytes() == b"bytes \x00\xff"
 
     # Again: nothing changes, not even the thread's activity.
-    summary = imported(
+    summary = await imported(
         empty_database, str(tmp_path / "first.jsonl"), "--files", str(files), storage_url=storage
     )
     assert "threads: 0 created, 0 updated, 1 unchanged, 0 failed" in summary
     assert "steps: 0 created, 0 updated, 3 unchanged" in summary
-    assert export(empty_database, tmp_path / "third.jsonl", storage_url=storage) == second
+    assert await export(empty_database, tmp_path / "third.jsonl", storage_url=storage) == second
 
     # What the target serves is the source's conversation.
     settings = Settings(database_url=empty_database, auto_migrate=False, storage_url=storage)
@@ -182,42 +186,46 @@ async def test_a_newer_copy_of_a_thread_replaces_the_stored_one(
     api: Api, database_url: str, empty_database: str, tmp_path: Path
 ) -> None:
     ids = await write_conversation(api)
-    old = export(database_url, tmp_path / "old.jsonl")
-    imported(empty_database, str(tmp_path / "old.jsonl"))
+    old = await export(database_url, tmp_path / "old.jsonl")
+    await imported(empty_database, str(tmp_path / "old.jsonl"))
     await api.ok(INGEST, steps=[{"id": ids["answer"], "output": "edited"}])
     new_step = new_uuid()
     await api.ok(
         INGEST, steps=[{"id": new_step, "threadId": ids["thread"], "type": "user_message", "name": "u"}]
     )
     await api.ok(f'mutation {{ deleteElement(id: "{ids["element"]}") {{ id }} }}')
-    new = export(database_url, tmp_path / "new.jsonl")
+    new = await export(database_url, tmp_path / "new.jsonl")
     assert new != old
-    summary = imported(empty_database, "-", stdin=new)
+    summary = await imported(empty_database, "-", stdin=new)
     assert "threads: 0 created, 1 updated, 0 unchanged" in summary
     assert "steps: 1 created, 1 updated, 2 unchanged" in summary
-    assert export(empty_database, tmp_path / "after.jsonl") == new
+    assert await export(empty_database, tmp_path / "after.jsonl") == new
     # An older copy does not overwrite a newer one.
-    summary = imported(empty_database, "-", stdin=old)
+    summary = await imported(empty_database, "-", stdin=old)
     assert "threads: 0 created, 0 updated, 1 unchanged" in summary
-    assert export(empty_database, tmp_path / "kept.jsonl") == new
+    assert await export(empty_database, tmp_path / "kept.jsonl") == new
 
 
 async def test_export_selects_by_user_and_activity(api: Api, database_url: str, tmp_path: Path) -> None:
     await write_conversation(api)
     other = new_uuid()
     await api.ok(THREAD, input={"id": other, "name": "anonymous"})
-    everything = export(database_url, tmp_path / "all.jsonl").splitlines()
+    everything = (await export(database_url, tmp_path / "all.jsonl")).splitlines()
     assert len(everything) == 4  # header, user, two threads
-    mine = export(database_url, tmp_path / "mine.jsonl", "--user", "zoë@example.com").splitlines()
+    mine = (await export(database_url, tmp_path / "mine.jsonl", "--user", "zoë@example.com")).splitlines()
     assert [json.loads(line).get("type") for line in mine] == [None, "user", "thread"]
-    future = export(database_url, tmp_path / "future.jsonl", "--since", "2999-01-01T00:00:00Z").splitlines()
+    future = (
+        await export(database_url, tmp_path / "future.jsonl", "--since", "2999-01-01T00:00:00Z")
+    ).splitlines()
     assert len(future) == 1
-    past = export(database_url, tmp_path / "past.jsonl", "--until", "2999-01-01T00:00:00+00:00").splitlines()
+    past = (
+        await export(database_url, tmp_path / "past.jsonl", "--until", "2999-01-01T00:00:00+00:00")
+    ).splitlines()
     assert len(past) == 4
-    result = gateway("export", "--since", "yesterday", database_url=database_url)
+    result = await gateway("export", "--since", "yesterday", database_url=database_url)
     assert result.returncode == 2 and b"--since" in result.stderr
     # stdout by default, progress and summary on stderr.
-    result = gateway("export", database_url=database_url)
+    result = await gateway("export", database_url=database_url)
     assert result.returncode == 0 and result.stdout.splitlines() == everything
     assert b"exported: 1 users, 2 threads, 3 steps, 2 elements, 1 feedback" in result.stderr
 
@@ -248,7 +256,7 @@ async def test_bad_lines_are_reported_by_number_and_the_rest_imported(
     ]
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    result = gateway("import", str(path), database_url=empty_database)
+    result = await gateway("import", str(path), database_url=empty_database)
     assert result.returncode == 1
     stderr = result.stderr.decode()
     assert "line 2: not JSON" in stderr
@@ -259,14 +267,14 @@ async def test_bad_lines_are_reported_by_number_and_the_rest_imported(
     assert "line 8:" in stderr
     assert "threads: 1 created, 0 updated, 0 unchanged, 5 failed" in stderr
     assert "line 3" not in stderr
-    exported = export(empty_database, tmp_path / "out.jsonl").splitlines()
+    exported = (await export(empty_database, tmp_path / "out.jsonl")).splitlines()
     assert [json.loads(line)["id"] for line in exported[1:]] == [good]
 
     for header, reason in (
         (b'{"format":"conversation-gateway","version":2}', "unknown format version 2"),
         (b'{"type":"thread"}', "the first line must be the header"),
     ):
-        result = gateway("import", "-", database_url=empty_database, stdin=header + b"\n" + lines[2])
+        result = await gateway("import", "-", database_url=empty_database, stdin=header + b"\n" + lines[2])
         assert result.returncode == 1 and f"line 1: {reason}".encode() in result.stderr
-    result = gateway("import", str(tmp_path / "missing.jsonl"), database_url=empty_database)
+    result = await gateway("import", str(tmp_path / "missing.jsonl"), database_url=empty_database)
     assert result.returncode == 1 and b"cannot read" in result.stderr

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.data.common import insert
 from gateway.errors import Conflict
-from gateway.tables import elements_table, feedbacks_table, steps_table, threads_table, users_table
+from gateway.tables import UUIDText, elements_table, feedbacks_table, steps_table, threads_table, users_table
 
 Row = dict[str, Any]
 THREAD_COLUMNS = tuple(column.name for column in threads_table.c)
@@ -51,6 +51,11 @@ def _as_dict(row: Any) -> Row:
     return dict(row._mapping)
 
 
+def _position(moment: str, thread_id: str) -> Any:
+    """A keyset position (a timestamp, a thread id), typed as the columns it is compared with."""
+    return sa.tuple_(sa.literal(moment, sa.Text()), sa.literal(thread_id, UUIDText()))
+
+
 async def count_threads(session: AsyncSession, *, selection: ThreadSelection) -> int:
     statement = sa.select(sa.func.count()).select_from(threads_table).where(*selection.conditions())
     return int((await session.execute(statement)).scalar_one())
@@ -81,7 +86,7 @@ async def thread_page(
     threads = threads_table.c
     conditions = selection.conditions()
     if after is not None:
-        conditions.append(sa.tuple_(threads.createdAt, threads.id) > sa.tuple_(*after))
+        conditions.append(sa.tuple_(threads.createdAt, threads.id) > _position(*after))
     statement = (
         sa.select(*threads_table.c).where(*conditions).order_by(threads.createdAt, threads.id).limit(limit)
     )
@@ -286,7 +291,7 @@ async def threads_inactive_since(
     last_active = sa.func.coalesce(threads.updatedAt, threads.createdAt)
     conditions: list[sa.ColumnElement[bool]] = [last_active < cutoff]
     if after is not None:
-        conditions.append(sa.tuple_(last_active, threads.id) > sa.tuple_(*after))
+        conditions.append(sa.tuple_(last_active, threads.id) > _position(*after))
     if user_identifier is not None:
         conditions += ThreadSelection(user_identifier=user_identifier).conditions()
     statement = (
