@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.transfer import ImportRun
 
 EXIT_START_FAILED = 2
+IMPORT_SOURCES = ("llm", "chainlit-dynamodb")
 logger = logging.getLogger("gateway")
 
 
@@ -387,6 +388,30 @@ async def _prune_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _import_llm_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.importers.llm_logs import default_log_path, import_llm_log
+    from gateway.progress import Reporter
+    from gateway.transfer import ImportRun
+
+    path = Path(args.path) if args.path else default_log_path()
+    if not path.is_file():
+        print(f"gateway: there is no llm log at {path}", file=sys.stderr)
+        return 1
+    reporter = Reporter()
+    async with _operator_tools(settings) as (db, store):
+        run = ImportRun(db, store, reporter)
+        with reporter.running():
+            await import_llm_log(run, path)
+        await _delete_orphaned_objects(run, db, store)
+    run.summary(f"gateway import llm: imported from {path}")
+    return 1 if run.problems else 0
+
+
+def _import_llm(settings: Settings, args: argparse.Namespace) -> int:
+    result: int = _run_checked(settings, lambda: asyncio.run(_import_llm_command(settings, args)))
+    return result
+
+
 def _prune(settings: Settings, args: argparse.Namespace) -> int:
     result: int = _run_checked(settings, lambda: asyncio.run(_prune_command(settings, args)))
     return result
@@ -456,6 +481,19 @@ def main(argv: list[str] | None = None) -> int:
         "--files", type=Path, metavar="DIR", help="store the element files the lines name, from DIR"
     )
     import_.set_defaults(run=_import)
+    import_llm = commands.add_parser(
+        "import-llm",
+        prog="gateway import llm",
+        help="(`gateway import llm [PATH]`) load the llm CLI's log",
+        description="Load the `llm` CLI's SQLite log: its threads (and conversations of logs "
+        "written by versions before 0.36) become threads, each turn a user-message step and an "
+        "assistant-message step (tool calls as child steps). Importing a grown log again adds only "
+        "what is new. The log is opened read-only.",
+    )
+    import_llm.add_argument(
+        "path", nargs="?", metavar="PATH", help="logs.db (default: llm's own, as `llm logs path` shows)"
+    )
+    import_llm.set_defaults(run=_import_llm)
     prune = commands.add_parser(
         "prune",
         help="delete threads not active for DAYS days, with their contents and stored files",
@@ -468,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     prune.add_argument("--user", metavar="IDENTIFIER", help="only this user's threads")
     prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     prune.set_defaults(run=_prune)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "import" and argv[1] in IMPORT_SOURCES:
+        argv = [f"import-{argv[1]}", *argv[2:]]  # `gateway import llm ...`: the source's own parser
     args = parser.parse_args(argv)
     try:
         settings = Settings()

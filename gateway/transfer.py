@@ -23,7 +23,7 @@ from gateway.data import transfer as data
 from gateway.data.transfer import Row, Tally, ThreadSelection
 from gateway.database import Database
 from gateway.errors import GatewayError
-from gateway.ids import new_id, normalize_id
+from gateway.ids import normalize_id
 from gateway.jsonops import to_json_bytes
 from gateway.progress import Reporter
 from gateway.storage import ObjectStore
@@ -205,8 +205,9 @@ class ImportRun:
             if source is None:
                 continue
             if not element.get("objectKey"):
+                # The same key every time the thread is imported: a newer copy overwrites the bytes.
                 element["objectKey"] = (
-                    f"{self.store.key_prefix}threads/{record.thread['id']}/elements/{element['id']}/{new_id()}"
+                    f"{self.store.key_prefix}threads/{record.thread['id']}/elements/{element['id']}"
                 )
             element["sizeBytes"] = await self.store.put(
                 element["objectKey"], source(), content_type=element.get("mime"), max_bytes=2**62
