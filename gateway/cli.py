@@ -412,6 +412,39 @@ def _import_llm(settings: Settings, args: argparse.Namespace) -> int:
     return result
 
 
+async def _import_dynamodb_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.importers.chainlit_dynamodb import DynamoTable, import_chainlit_dynamodb
+    from gateway.progress import Reporter
+    from gateway.transfer import ImportRun
+
+    source = DynamoTable(
+        args.table,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        bucket=args.bucket,
+    )
+    reporter = Reporter()
+    async with _operator_tools(settings) as (db, store):
+        run = ImportRun(db, store, reporter)
+        with reporter.running():
+            await import_chainlit_dynamodb(run, source, copy_objects=args.copy_objects)
+        await _delete_orphaned_objects(run, db, store)
+    run.summary(f"gateway import chainlit-dynamodb: imported from table {args.table}")
+    return 1 if run.problems else 0
+
+
+def _import_dynamodb(settings: Settings, args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        result: int = _run_checked(settings, lambda: asyncio.run(_import_dynamodb_command(settings, args)))
+    except (BotoCoreError, ClientError) as error:
+        print(f"gateway: cannot read the DynamoDB table {args.table!r}: {error}", file=sys.stderr)
+        return 1
+    return result
+
+
 def _prune(settings: Settings, args: argparse.Namespace) -> int:
     result: int = _run_checked(settings, lambda: asyncio.run(_prune_command(settings, args)))
     return result
@@ -494,6 +527,28 @@ def main(argv: list[str] | None = None) -> int:
         "path", nargs="?", metavar="PATH", help="logs.db (default: llm's own, as `llm logs path` shows)"
     )
     import_llm.set_defaults(run=_import_llm)
+    import_dynamodb = commands.add_parser(
+        "import-chainlit-dynamodb",
+        prog="gateway import chainlit-dynamodb",
+        help="(`gateway import chainlit-dynamodb --table NAME`) load Chainlit's DynamoDB table",
+        description="Load a table written by Chainlit's DynamoDBDataLayer (users, threads, steps "
+        "with their feedback, elements), page by page. AWS credentials come from the standard AWS "
+        "variables and files. Elements keep their object keys and URLs; --copy-objects also copies "
+        "their S3 objects into the gateway's store.",
+    )
+    import_dynamodb.add_argument("--table", required=True, help="the table's name")
+    import_dynamodb.add_argument("--region", help="its AWS region (default: the AWS configuration's)")
+    import_dynamodb.add_argument("--endpoint-url", help="a DynamoDB-compatible endpoint (e.g. local)")
+    import_dynamodb.add_argument(
+        "--copy-objects", action="store_true", help="copy the elements' S3 objects into the gateway's store"
+    )
+    import_dynamodb.add_argument(
+        "--bucket", help="the bucket of the objects (default: the one in each element's URL)"
+    )
+    import_dynamodb.add_argument(
+        "--s3-endpoint-url", help="the S3 endpoint of the objects (default: --endpoint-url)"
+    )
+    import_dynamodb.set_defaults(run=_import_dynamodb)
     prune = commands.add_parser(
         "prune",
         help="delete threads not active for DAYS days, with their contents and stored files",

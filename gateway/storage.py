@@ -332,9 +332,12 @@ class S3Store(ObjectStore):
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise FileNotFoundError(f"no object {key!r} in {self.location}") from error
             raise
-        async with answer["Body"] as body:
+        body = answer["Body"]
+        try:
             async for chunk in body.iter_chunks(READ_CHUNK):
                 yield chunk
+        finally:
+            body.close()
 
     async def size(self, key: str) -> int | None:
         client = await self.client()

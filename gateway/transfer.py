@@ -92,6 +92,10 @@ def _models() -> dict[str, Any]:
 LINE_MODELS = _models()
 
 
+class ObjectNotStored(GatewayError):
+    code = "OBJECT_NOT_STORED"
+
+
 @dataclass
 class ThreadRecord:
     """A thread to import, with its contents as rows (column names), and where the bytes of its
@@ -209,9 +213,14 @@ class ImportRun:
                 element["objectKey"] = (
                     f"{self.store.key_prefix}threads/{record.thread['id']}/elements/{element['id']}"
                 )
-            element["sizeBytes"] = await self.store.put(
-                element["objectKey"], source(), content_type=element.get("mime"), max_bytes=2**62
-            )
+            try:
+                element["sizeBytes"] = await self.store.put(
+                    element["objectKey"], source(), content_type=element.get("mime"), max_bytes=2**62
+                )
+            except Exception as error:  # the source or the store: this thread fails, the rest goes on
+                raise ObjectNotStored(
+                    f"element {element['id']}: its bytes could not be stored: {_problem_text(error)}"
+                ) from error
 
     def summary(self, title: str) -> None:
         self.reporter.summary(title, self.tallies)
