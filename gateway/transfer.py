@@ -16,6 +16,7 @@ from typing import Annotated, Any, BinaryIO
 
 import orjson
 from pydantic import AfterValidator, ConfigDict, ValidationError, create_model
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from gateway.data import object_deletions
@@ -33,7 +34,8 @@ from gateway.timestamps import utc_now
 FORMAT = "conversation-gateway"
 VERSION = 1
 HEADER = {"format": FORMAT, "version": VERSION}
-EXPORT_PAGE = 50  # threads a page: their steps are in memory together
+EXPORT_PAGE = 50
+WRITERS_AT_ONCE = 4
 FILES_SUBDIRECTORY = "elements"
 KINDS = ("users", "threads", "steps", "elements", "feedback")
 MAX_PROBLEMS_SHOWN = 1000
@@ -134,6 +136,15 @@ class ImportRun:
         self.problems = 0
         self.user_ids: dict[str, str] = {}  # a line's user id: the stored one, where they differ
         self.objects_to_delete = False
+        # PostgreSQL writes several threads at once (each in its own transaction), so one is parsed
+        # and checked while the other is written; SQLite has a single writer.
+        self.parallel = WRITERS_AT_ONCE if db.dialect_name == "postgresql" else 1
+        self._writing: dict[asyncio.Task[None], set[str]] = {}  # each with the ids it writes
+        if db.dialect_name == "postgresql":
+            # An import commits once per thread: not waiting for each commit's WAL flush makes it
+            # several times faster. A crash of the server may lose the last commits, never half of
+            # one, and running the import again (idempotent) puts them back.
+            event.listen(db.engine.sync_engine, "connect", _relaxed_commits)
 
     def problem(self, where: str, reason: str) -> None:
         self.problems += 1
@@ -149,7 +160,29 @@ class ImportRun:
         self.tallies["elements"].failed += len(record.elements)
         self.tallies["feedback"].failed += len(record.feedback)
 
+    async def submit(self, record: "ThreadRecord", where: str) -> None:
+        """Write the thread (`thread`), at most `parallel` at once; `finish` waits for the rest. A
+        thread sharing an id with one being written waits for it: the earlier line wins."""
+        if self.parallel <= 1:
+            await self.thread(record, where)
+            return
+        ids = {record.thread["id"]} | {
+            row["id"] for rows in (record.steps, record.elements, record.feedback) for row in rows
+        }
+        while len(self._writing) >= self.parallel or any(ids & other for other in self._writing.values()):
+            done, _ = await asyncio.wait(self._writing, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                del self._writing[task]
+                task.result()  # a lost connection stops the import
+        self._writing[asyncio.create_task(self.thread(record, where))] = ids
+
+    async def finish(self) -> None:
+        writing, self._writing = self._writing, {}
+        for task in writing:
+            await task
+
     async def user(self, user: Row, where: str) -> None:
+        await self.finish()  # threads before this line are written before it
         try:
             async with self.db.transaction() as session:
                 stored_id, outcome = await data.write_user(session, user=user)
@@ -226,6 +259,12 @@ class ImportRun:
         self.reporter.summary(title, self.tallies)
         if self.problems:
             self.reporter.line(f"{self.problems} problem(s), listed above; the rest was imported")
+
+
+def _relaxed_commits(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET synchronous_commit TO off")
+    cursor.close()
 
 
 def _connection_lost(error: DBAPIError) -> bool:
@@ -313,9 +352,10 @@ async def import_jsonl(
                     record.objects[element["id"]] = _file_reader(_inside(files, name))
                 except ValueError as error:
                     run.problem(where, f"element {element['id']}: {error}")
-        await run.thread(record, where)
+        await run.submit(record, where)
         steps = run.tallies["steps"].total
         phase.note = f"{run.tallies['threads'].total:,} threads, {steps:,} steps ({phase.rate(steps):,.0f}/s)"
+    await run.finish()
     phase.finish()
     if not header_seen:
         run.problem(

@@ -5,6 +5,7 @@ whole in one transaction (one multi-row statement per table), and threads past a
 These run with the database's own credentials (operator tools): no caller's access applies.
 """
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.common import insert
+from gateway.data.common import dialect_insert, dialect_name
 from gateway.errors import Conflict
 from gateway.tables import UUIDText, elements_table, feedbacks_table, steps_table, threads_table, users_table
 
@@ -22,6 +23,7 @@ STEP_COLUMNS = tuple(column.name for column in steps_table.c)
 ELEMENT_COLUMNS = tuple(column.name for column in elements_table.c)
 FEEDBACK_COLUMNS = tuple(column.name for column in feedbacks_table.c)
 USER_COLUMNS = tuple(column.name for column in users_table.c)
+TABLES = {table.name: table for table in (threads_table, steps_table, elements_table, feedbacks_table)}
 
 
 @dataclass(frozen=True)
@@ -167,11 +169,18 @@ async def write_user(session: AsyncSession, *, user: Row) -> tuple[str, str]:
     return stored.id, "updated"
 
 
-def _upsert(session: AsyncSession, table: sa.Table, columns: Sequence[str]) -> Any:
+@functools.cache
+def _upsert(dialect: str, table_name: str) -> Any:
     """INSERT .. ON CONFLICT (id) DO UPDATE of every column but the id, only where a value differs
-    and the row is the same thread's; RETURNING the ids written (new or changed)."""
-    statement = insert(session, table)
-    set_ = {name: statement.excluded[name] for name in columns if name not in ("id", "threadId")}
+    and the row is the same thread's; RETURNING the ids written (new or changed). The rows come as
+    parameters (one multi-row statement); built once per database and table."""
+    table = TABLES[table_name]
+    statement = dialect_insert(dialect, table)
+    set_ = {
+        column.name: statement.excluded[column.name]
+        for column in table.c
+        if column.name not in ("id", "threadId")
+    }
     where = sa.and_(
         table.c.threadId == statement.excluded.threadId,
         sa.or_(*[table.c[name].is_distinct_from(value) for name, value in set_.items()]),
@@ -180,14 +189,37 @@ def _upsert(session: AsyncSession, table: sa.Table, columns: Sequence[str]) -> A
     return statement.returning(table.c.id)
 
 
-async def _write_children(
-    session: AsyncSession, *, table: sa.Table, columns: Sequence[str], thread_id: str, rows: list[Row]
-) -> tuple[Tally, list[Row]]:
-    """Make the thread's rows of `table` those given: stale ones deleted (returned), the others
-    upserted in multi-row statements. A row whose id another thread holds fails the thread."""
-    existing = set(
-        (await session.execute(sa.select(table.c.id).where(table.c.threadId == thread_id))).scalars()
+@functools.cache
+def _upsert_thread(dialect: str) -> Any:
+    """INSERT .. ON CONFLICT (id) DO UPDATE of every column of a thread (the row as parameters)."""
+    statement = dialect_insert(dialect, threads_table)
+    set_ = {name: statement.excluded[name] for name in THREAD_COLUMNS if name != "id"}
+    return statement.on_conflict_do_update(index_elements=[threads_table.c.id], set_=set_)
+
+
+@functools.cache
+def _ids_of_thread() -> Any:
+    """Each table's ids of the thread `thread_id` (a parameter), tagged by table, in one statement."""
+    thread_id = sa.bindparam("thread_id", type_=UUIDText())
+    return sa.union_all(
+        *(
+            sa.select(sa.literal(table.name).label("kind"), table.c.id).where(table.c.threadId == thread_id)
+            for table in (feedbacks_table, steps_table, elements_table)
+        )
     )
+
+
+async def _write_children(
+    session: AsyncSession,
+    *,
+    table: sa.Table,
+    columns: Sequence[str],
+    existing: set[str],
+    rows: list[Row],
+) -> tuple[Tally, list[Row]]:
+    """Make the thread's rows of `table` (those now `existing`) the ones given: stale ones deleted
+    (returned), the others upserted in one multi-row statement. A row whose id another thread holds
+    fails the thread."""
     given = {row["id"] for row in rows}
     stale_ids = sorted(existing - given)
     stale: list[Row] = []
@@ -200,7 +232,8 @@ async def _write_children(
     if not rows:
         return tally, stale
     parameters = [{name: row.get(name) for name in columns} for row in rows]
-    written = set((await session.execute(_upsert(session, table, columns), parameters)).scalars())
+    statement = _upsert(dialect_name(session), table.name)
+    written = set((await session.execute(statement, parameters)).scalars())
     for row_id in given:
         if row_id in written:
             if row_id in existing:
@@ -236,19 +269,27 @@ async def write_thread(
         written.steps.unchanged, written.elements.unchanged = len(steps), len(elements)
         written.feedback.unchanged = len(feedback)
         return written
-    values = {name: thread.get(name) for name in THREAD_COLUMNS}
-    statement = insert(session, threads_table).values(values)
-    set_ = {name: statement.excluded[name] for name in THREAD_COLUMNS if name != "id"}
-    await session.execute(statement.on_conflict_do_update(index_elements=[threads.id], set_=set_))
+    await session.execute(
+        _upsert_thread(dialect_name(session)), {name: thread.get(name) for name in THREAD_COLUMNS}
+    )
+    existing: dict[str, set[str]] = {
+        table.name: set() for table in (feedbacks_table, steps_table, elements_table)
+    }
+    for kind, row_id in await session.execute(_ids_of_thread(), {"thread_id": thread["id"]}):
+        existing[kind].add(row_id)
     # Feedback first: a stale rating of a step may hold the step's one feedback slot (forId).
     written.feedback, _ = await _write_children(
-        session, table=feedbacks_table, columns=FEEDBACK_COLUMNS, thread_id=thread["id"], rows=feedback
+        session,
+        table=feedbacks_table,
+        columns=FEEDBACK_COLUMNS,
+        existing=existing["feedbacks"],
+        rows=feedback,
     )
     written.steps, _ = await _write_children(
-        session, table=steps_table, columns=STEP_COLUMNS, thread_id=thread["id"], rows=steps
+        session, table=steps_table, columns=STEP_COLUMNS, existing=existing["steps"], rows=steps
     )
     written.elements, stale = await _write_children(
-        session, table=elements_table, columns=ELEMENT_COLUMNS, thread_id=thread["id"], rows=elements
+        session, table=elements_table, columns=ELEMENT_COLUMNS, existing=existing["elements"], rows=elements
     )
     kept = {element.get("objectKey") for element in elements}
     written.orphaned_keys = [

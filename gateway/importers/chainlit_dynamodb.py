@@ -253,6 +253,7 @@ async def import_chainlit_dynamodb(run: ImportRun, source: DynamoTable, *, copy_
                                 record.objects[element["id"]] = source.object_source(
                                     s3, bucket, element["objectKey"]
                                 )
-                    await run.thread(record, f"item {header['PK']}")
+                    await run.submit(record, f"item {header['PK']}")
                     phase.advance(1, note=f"{run.tallies['steps'].total:,} steps")
+            await run.finish()
             phase.finish()

@@ -559,12 +559,13 @@ async def import_llm_log(run: ImportRun, path: Path) -> None:
         for llm_thread_id in list(log.thread_ids()):
             record = await asyncio.to_thread(log.thread, llm_thread_id)
             if record is not None:
-                await run.thread(record, f"llm thread {llm_thread_id}")
+                await run.submit(record, f"llm thread {llm_thread_id}")
             phase.advance(1, note=f"{run.tallies['steps'].total:,} steps")
         for key in list(log.conversation_keys()):
             record = await asyncio.to_thread(log.conversation, key)
-            await run.thread(record, f"llm conversation {key.removeprefix('response:')}")
+            await run.submit(record, f"llm conversation {key.removeprefix('response:')}")
             phase.advance(1, note=f"{run.tallies['steps'].total:,} steps")
+        await run.finish()
         phase.finish()
     finally:
         log.close()
