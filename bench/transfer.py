@@ -5,7 +5,8 @@
 Writes a JSONL export of `--steps` steps (threads of `--steps-per-thread`, about 400 bytes of text
 each, a user per 100 threads), imports it into a fresh PostgreSQL database with the `gateway` CLI in
 its own process, imports it again (everything unchanged), exports it, and checks the export has
-the same lines. Each command's peak RSS is its own (`wait4`'s ru_maxrss), its CPU time too. As a
+the same lines. Each command's peak RSS is its own (VmHWM, read from /proc while it runs), its
+CPU time from `wait4`. As a
 baseline, the same steps are written by asyncpg alone in the same run (multi-row INSERTs of 1,000
 rows into a table of the same columns, no checks, no triggers): the ratio says what the import's
 checks, counting and transactions cost. Run by hand:
@@ -116,6 +117,23 @@ def write_export(path: Path, steps: int, per_thread: int) -> tuple[int, list[tup
     return threads, sample
 
 
+def lines_of(path: Path) -> int:
+    with path.open("rb") as lines:
+        return sum(1 for _ in lines)
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident memory so far (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def run_cli(*args: str, database_url: str) -> tuple[float, float, float, str]:
     """(seconds, peak RSS in MB, CPU seconds, stderr's last lines) of one CLI command."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
@@ -123,7 +141,15 @@ def run_cli(*args: str, database_url: str) -> tuple[float, float, float, str]:
     with tempfile.TemporaryFile() as stderr:
         began = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], env=env, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
+        # The peak is read from /proc while the command runs: VmHWM is its own memory's, whereas
+        # wait4's ru_maxrss also counts the memory of this process it was forked from.
+        peak_kib = 0
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_kib = max(peak_kib, vm_hwm_kib(process.pid))
+            time.sleep(0.05)
         elapsed = time.perf_counter() - began
         process.returncode = os.waitstatus_to_exitcode(status)
         stderr.seek(0)
@@ -131,7 +157,7 @@ def run_cli(*args: str, database_url: str) -> tuple[float, float, float, str]:
     if process.returncode != 0:
         raise RuntimeError(f"gateway {' '.join(args)} failed:\n{text[-3000:]}")
     tail = "\n".join(line for line in text.splitlines()[-6:])
-    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, tail
+    return elapsed, peak_kib / 1024, usage.ru_utime + usage.ru_stime, tail
 
 
 async def baseline(url: str, rows: list[tuple[Any, ...]]) -> float:
@@ -200,7 +226,7 @@ def main() -> None:
         print(tail, flush=True)
         seconds, rss, cpu, tail = run_cli("export", "--output", str(exported), database_url=url)
         results.append(("export", seconds, rss, cpu))
-        same = exported.read_bytes().count(b"\n") == source.read_bytes().count(b"\n")
+        same = lines_of(exported) == lines_of(source)
         rate = asyncio.run(baseline(url, sample))
     finally:
         asyncio.run(drop_database(url))

@@ -329,7 +329,7 @@ async def _import_command(settings: Settings, args: argparse.Namespace) -> int:
             with reporter.running():
                 await import_jsonl(run, source, files=args.files, size=size)
         await _delete_orphaned_objects(run, db, store)
-    run.summary("gateway import: imported")
+    run.summary("imported")
     return 1 if run.problems else 0
 
 
@@ -403,7 +403,7 @@ async def _import_llm_command(settings: Settings, args: argparse.Namespace) -> i
         with reporter.running():
             await import_llm_log(run, path)
         await _delete_orphaned_objects(run, db, store)
-    run.summary(f"gateway import llm: imported from {path}")
+    run.summary(f"imported from {path}")
     return 1 if run.problems else 0
 
 
@@ -430,7 +430,7 @@ async def _import_dynamodb_command(settings: Settings, args: argparse.Namespace)
         with reporter.running():
             await import_chainlit_dynamodb(run, source, copy_objects=args.copy_objects)
         await _delete_orphaned_objects(run, db, store)
-    run.summary(f"gateway import chainlit-dynamodb: imported from table {args.table}")
+    run.summary(f"imported from table {args.table}")
     return 1 if run.problems else 0
 
 

@@ -216,7 +216,7 @@ class ImportRun:
                         session, object_keys=written.orphaned_keys, store=self.store.location, now=utc_now()
                     )
                     self.objects_to_delete = True
-        except (GatewayError, IntegrityError, DBAPIError, OSError, ValueError) as error:
+        except (GatewayError, StatementError, OSError, ValueError) as error:
             if isinstance(error, DBAPIError) and _connection_lost(error):
                 raise
             self.fail_thread(record, where, f"thread {thread.get('id')}: {_problem_text(error)}")

@@ -83,6 +83,12 @@ async def test_prune_deletes_old_threads_and_their_objects_also_when_the_store_w
     recent, bobs = _thread(alice, RECENT), _thread(bob, OLD)
     await _import(database_url, [alice, bob, old, recent, bobs], tmp_path, **store)
     assert _objects(s3_server, prefix) == [f"{prefix}/a.txt"]
+    # An export copies the bytes out of S3 too.
+    exported = await gateway(
+        "export", "--user", "alice", "--files", str(tmp_path / "out"), database_url=database_url, **store
+    )
+    assert exported.returncode == 0, exported.stderr.decode()
+    assert (tmp_path / "out" / "elements" / element["id"]).read_bytes() == b"old bytes"
 
     listed = await gateway("prune", "--older-than", "30", "--dry-run", database_url=database_url, **store)
     assert listed.returncode == 0
