@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -30,6 +31,7 @@ from gateway.progress import Reporter
 from gateway.storage import ObjectStore
 from gateway.tables import UUIDText, elements_table, feedbacks_table, steps_table, threads_table, users_table
 from gateway.timestamps import utc_now
+from gateway.validation import value_problem
 
 FORMAT = "conversation-gateway"
 VERSION = 1
@@ -54,6 +56,18 @@ def _checked_id(value: str) -> str:
         raise ValueError(f"{value!r} is not a UUID") from None
 
 
+def _checked_timestamp(value: str) -> str:
+    """An ISO-8601 timestamp, kept as written (ordering compares the stored text)."""
+    try:
+        datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO-8601 timestamp") from None
+    return value
+
+
+TIMESTAMP_COLUMNS = ("createdAt", "updatedAt", "start", "end")
+
+
 def _line_model(name: str, table: Any, model: Any, *, leave_out: tuple[str, ...] = (), **extra: Any) -> Any:
     fields: dict[str, Any] = {}
     for info in model.model_fields.values():
@@ -64,6 +78,8 @@ def _line_model(name: str, table: Any, model: Any, *, leave_out: tuple[str, ...]
         if isinstance(column.type, UUIDText):
             checked = Annotated[str, AfterValidator(_checked_id)]
             annotation = checked if column.primary_key or not column.nullable else checked | None
+        elif column.name in TIMESTAMP_COLUMNS:
+            annotation = Annotated[str, AfterValidator(_checked_timestamp)] | None
         default = ... if info.is_required() else info.get_default(call_default_factory=True)
         fields[column.name] = (annotation, default)
     fields.update(extra)
@@ -333,6 +349,11 @@ async def import_jsonl(
             parsed = model.model_validate(item).model_dump()
         except ValidationError as error:
             run.problem(where, f"{kind} {item.get('id')}: {_problem_text(error)}")
+            run.tallies["threads" if kind == "thread" else "users"].failed += 1
+            continue
+        if b"\\u0000" in raw and (found := value_problem(parsed, str(kind))) is not None:
+            # SQLite would store it and PostgreSQL refuse it: refused on both, as the API does.
+            run.problem(where, f"{kind} {parsed.get('id')}: `{found[0]}`: {found[1]}")
             run.tallies["threads" if kind == "thread" else "users"].failed += 1
             continue
         parsed.pop("type")

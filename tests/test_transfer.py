@@ -253,6 +253,8 @@ async def test_bad_lines_are_reported_by_number_and_the_rest_imported(
             steps=[{"id": new_uuid(), "name": "a", "type": "run"}, {"id": step, "name": "b", "type": "run"}],
         ),
         _line(userId=new_uuid(), name="owner missing"),
+        _line(name="nul \u0000 inside"),
+        _line(name="when?", createdAt="yesterday"),
     ]
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -265,7 +267,9 @@ async def test_bad_lines_are_reported_by_number_and_the_rest_imported(
     assert "line 6: unknown line type 'mystery'" in stderr
     assert f"line 7: thread {clash}: step {step} belongs to another thread" in stderr
     assert "line 8:" in stderr
-    assert "threads: 1 created, 0 updated, 0 unchanged, 5 failed" in stderr
+    assert "line 9:" in stderr and "`thread.name`: strings must not contain NUL" in stderr
+    assert "line 10:" in stderr and "'yesterday' is not an ISO-8601 timestamp" in stderr
+    assert "threads: 1 created, 0 updated, 0 unchanged, 7 failed" in stderr
     assert "line 3" not in stderr
     exported = (await export(empty_database, tmp_path / "out.jsonl")).splitlines()
     assert [json.loads(line)["id"] for line in exported[1:]] == [good]
