@@ -4,9 +4,12 @@ PostgreSQL."""
 
 import asyncio
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+from starlette.applications import Starlette
 
 from gateway.config import Settings
 from tests.conftest import (
@@ -19,6 +22,7 @@ from tests.conftest import (
     running,
     user_token,
 )
+from tests.test_elements import created, upload
 from tests.test_transfer import gateway
 
 OLD = "2020-01-01T00:00:00.000Z"
@@ -205,3 +209,15 @@ async def test_delete_threads_takes_at_most_100_ids(secured_api: Api) -> None:
     outcomes = (await backend.ok(DELETE_THREADS, ids=created))["deleteThreads"]
     assert [item["error"] for item in outcomes] == [None] * 100
     assert [(await backend.ok(EXISTS, id=thread_id))["thread"] for thread_id in created[:3]] == [None] * 3
+
+
+async def test_delete_threads_deletes_the_stored_objects_of_their_elements(api: Api, app: Starlette) -> None:
+    thread_id = new_uuid()
+    await api.ok(UPSERT_THREAD, input={"id": thread_id})
+    element = await created(await upload(api, {"threadId": thread_id, "name": "a.txt"}, b"bytes"))
+    stored = Path(os.environ["GATEWAY_STORAGE_URL"].removeprefix("file://")) / element["objectKey"]
+    assert stored.read_bytes() == b"bytes"
+    outcomes = (await api.ok(DELETE_THREADS, ids=[thread_id]))["deleteThreads"]
+    assert outcomes == [{"index": 0, "id": thread_id, "error": None}]
+    await app.state.attachments.reaper.run_once()  # what the reaper does right after the delete
+    assert not stored.exists()
