@@ -397,7 +397,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         signing_secret=secret.get_secret_value().encode() if secret else None,
         s3_timeouts=S3Timeouts(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
     )
-    reaper = ObjectReaper(db, store, interval=settings.reaper_interval_seconds)
+    reaper = ObjectReaper(
+        db, store, interval=settings.reaper_interval_seconds, retention_days=settings.retention_days
+    )
     attachments = Attachments(
         store=store,
         reaper=reaper,

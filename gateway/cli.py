@@ -1,4 +1,5 @@
-"""The `gateway` command: serve, migrate, schema, and api-key create/list/revoke.
+"""The `gateway` command: serve, migrate, schema, api-key create/list/revoke, and the operator tools
+export, import (a JSONL export, the `llm` CLI's log, Chainlit's DynamoDB table) and prune.
 
 What stops it from starting (a setting with a bad value, an unreachable database, a port in use)
 is one line naming the setting or the fix, and exit status 2; GATEWAY_LOG_LEVEL=DEBUG adds the
@@ -7,15 +8,18 @@ traceback.
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib.metadata import version
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
@@ -23,7 +27,13 @@ from sqlalchemy.engine import make_url
 from gateway.config import Settings
 from gateway.observability import configure_logging
 
+if TYPE_CHECKING:
+    from gateway.database import Database
+    from gateway.storage import ObjectStore
+    from gateway.transfer import ImportRun
+
 EXIT_START_FAILED = 2
+IMPORT_SOURCES = ("llm", "chainlit-dynamodb")
 logger = logging.getLogger("gateway")
 
 
@@ -231,6 +241,215 @@ async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _operator_tools(settings: Settings) -> AsyncIterator[tuple["Database", "ObjectStore"]]:
+    """The database (migrated first, unless GATEWAY_AUTO_MIGRATE=false) and the object store, as
+    the gateway configured by the same settings uses them."""
+    from gateway.database import Database
+    from gateway.migrate import upgrade_database
+    from gateway.storage import S3Timeouts, open_store
+
+    if settings.auto_migrate:
+        await upgrade_database(settings.database_url)
+    secret = settings.url_signing_secret
+    store = open_store(
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_secret=secret.get_secret_value().encode() if secret else None,
+        s3_timeouts=S3Timeouts(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
+    )
+    db = Database(settings.database_url)
+    try:
+        yield db, store
+    finally:
+        await store.close()
+        await db.dispose()
+
+
+def _timestamp_argument(text: str) -> str:
+    from gateway.timestamps import normalize_timestamp
+
+    try:
+        return normalize_timestamp(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 timestamp with a zone: {error}"
+        ) from None
+
+
+async def _export_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.data.transfer import ThreadSelection
+    from gateway.progress import Reporter
+    from gateway.transfer import export_jsonl
+
+    selection = ThreadSelection(user_identifier=args.user, since=args.since, until=args.until)
+    reporter = Reporter()
+    async with _operator_tools(settings) as (db, store):
+        with contextlib.ExitStack() as files:
+            out = (
+                files.enter_context(open(args.output, "wb"))  # noqa: ASYNC230 - written page by page
+                if args.output and args.output != "-"
+                else sys.stdout.buffer
+            )
+            with reporter.running():
+                result = await export_jsonl(
+                    db, store, out, selection=selection, files=args.files, reporter=reporter
+                )
+    counts = result.counts()
+    if args.files is not None:
+        counts["element files"] = result.files
+    reporter.totals("exported", counts)
+    if result.problems:
+        reporter.line(f"{result.problems} problem(s), listed above")
+    return 1 if result.problems else 0
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    result: int = _run_checked(settings, lambda: asyncio.run(_export_command(settings, args)))
+    return result
+
+
+async def _import_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.progress import Reporter
+    from gateway.transfer import ImportRun, import_jsonl
+
+    reporter = Reporter()
+    async with _operator_tools(settings) as (db, store):
+        run = ImportRun(db, store, reporter)
+        with contextlib.ExitStack() as files:
+            if args.source == "-":
+                source, size = sys.stdin.buffer, None
+            else:
+                try:
+                    source = files.enter_context(open(args.source, "rb"))  # noqa: ASYNC230 - line by line
+                except OSError as error:
+                    print(f"gateway: cannot read {args.source}: {error.strerror}", file=sys.stderr)
+                    return 1
+                size = os.fstat(source.fileno()).st_size
+            with reporter.running():
+                await import_jsonl(run, source, files=args.files, size=size)
+        await _delete_orphaned_objects(run, db, store)
+    run.summary("imported")
+    return 1 if run.problems else 0
+
+
+async def _delete_orphaned_objects(run: "ImportRun", db: "Database", store: "ObjectStore") -> None:
+    """Objects of elements an import replaced: deleted now, or by a running gateway later."""
+    from gateway.reaper import ObjectReaper
+
+    if run.objects_to_delete:
+        await ObjectReaper(db, store).drain()
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    result: int = _run_checked(settings, lambda: asyncio.run(_import_command(settings, args)))
+    return result
+
+
+async def _prune_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import retention
+    from gateway.data.transfer import Tally
+    from gateway.progress import Reporter
+    from gateway.reaper import ObjectReaper
+
+    reporter = Reporter()
+    cutoff = retention.cutoff_of(args.older_than)
+    whose = f" of {args.user!r}" if args.user else ""
+    async with _operator_tools(settings) as (db, store):
+        if args.dry_run:
+            count = 0
+            after: tuple[str, str] | None = None
+            while threads := await retention.expired_threads(
+                db, cutoff=cutoff, user_identifier=args.user, after=after
+            ):
+                for thread in threads:
+                    owner, name = thread["userIdentifier"] or "-", thread["name"] or ""
+                    print(f"{thread['id']}\t{thread['lastActivity']}\t{owner}\t{name}")
+                count += len(threads)
+                after = (threads[-1]["lastActivity"], threads[-1]["id"])
+            reporter.line(f"dry run: {count} thread(s){whose} last active before {cutoff} would be deleted")
+            return 0
+        deleted = Tally()
+        with reporter.running():
+            phase = reporter.phase("prune", unit="threads")
+            while threads := await retention.prune_batch(
+                db, cutoff=cutoff, user_identifier=args.user, store=store.location
+            ):
+                deleted.created += len(threads)
+                phase.advance(len(threads))
+            phase.finish()
+        waiting = await ObjectReaper(db, store).drain()
+    reporter.line(f"deleted {deleted.created} thread(s){whose} last active before {cutoff}")
+    if waiting:
+        reporter.line(
+            f"{waiting} stored object(s) could not be deleted now; they stay in the deletion outbox, and "
+            "a running gateway (or the next `gateway prune`) deletes them when the store answers"
+        )
+    return 0
+
+
+async def _import_llm_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.importers.llm_logs import default_log_path, import_llm_log
+    from gateway.progress import Reporter
+    from gateway.transfer import ImportRun
+
+    path = Path(args.path) if args.path else default_log_path()
+    if not path.is_file():
+        print(f"gateway: there is no llm log at {path}", file=sys.stderr)
+        return 1
+    reporter = Reporter()
+    async with _operator_tools(settings) as (db, store):
+        run = ImportRun(db, store, reporter)
+        with reporter.running():
+            await import_llm_log(run, path)
+        await _delete_orphaned_objects(run, db, store)
+    run.summary(f"imported from {path}")
+    return 1 if run.problems else 0
+
+
+def _import_llm(settings: Settings, args: argparse.Namespace) -> int:
+    result: int = _run_checked(settings, lambda: asyncio.run(_import_llm_command(settings, args)))
+    return result
+
+
+async def _import_dynamodb_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.importers.chainlit_dynamodb import DynamoTable, import_chainlit_dynamodb
+    from gateway.progress import Reporter
+    from gateway.transfer import ImportRun
+
+    source = DynamoTable(
+        args.table,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        bucket=args.bucket,
+    )
+    reporter = Reporter()
+    async with _operator_tools(settings) as (db, store):
+        run = ImportRun(db, store, reporter)
+        with reporter.running():
+            await import_chainlit_dynamodb(run, source, copy_objects=args.copy_objects)
+        await _delete_orphaned_objects(run, db, store)
+    run.summary(f"imported from table {args.table}")
+    return 1 if run.problems else 0
+
+
+def _import_dynamodb(settings: Settings, args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        result: int = _run_checked(settings, lambda: asyncio.run(_import_dynamodb_command(settings, args)))
+    except (BotoCoreError, ClientError) as error:
+        print(f"gateway: cannot read the DynamoDB table {args.table!r}: {error}", file=sys.stderr)
+        return 1
+    return result
+
+
+def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    result: int = _run_checked(settings, lambda: asyncio.run(_prune_command(settings, args)))
+    return result
+
+
 def _api_key(settings: Settings, args: argparse.Namespace) -> int:
     result: int = _run_checked(settings, lambda: asyncio.run(_api_key_command(settings, args)))
     return result
@@ -265,6 +484,86 @@ def main(argv: list[str] | None = None) -> int:
     revoke = actions.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("name", help="the live key's name, or a key's id")
     api_key.set_defaults(run=_api_key)
+    export = commands.add_parser(
+        "export",
+        help="write users and threads (steps, elements, feedback) as JSON Lines",
+        description="Write users and threads as JSON Lines (the format is in the README): one thread "
+        "a line with its steps, elements and feedback. Progress and a summary go to stderr.",
+    )
+    export.add_argument("--user", metavar="IDENTIFIER", help="only this user's threads")
+    export.add_argument(
+        "--since", type=_timestamp_argument, metavar="ISO-8601", help="only threads active at or after"
+    )
+    export.add_argument(
+        "--until", type=_timestamp_argument, metavar="ISO-8601", help="only threads last active before"
+    )
+    export.add_argument("--output", "-o", metavar="PATH", help="write here instead of stdout")
+    export.add_argument("--files", type=Path, metavar="DIR", help="copy the elements' stored bytes into DIR")
+    export.set_defaults(run=_export)
+    import_ = commands.add_parser(
+        "import",
+        help="load a `gateway export` (or: `import llm`, `import chainlit-dynamodb`)",
+        description="Load a `gateway export` file (or - for stdin). Idempotent: importing the same "
+        "file again changes nothing, a newer copy of a thread replaces the stored one; ids and "
+        "timestamps are kept. Problems are reported by line number, the rest is imported, and the "
+        "exit status is 1. Other sources: `gateway import llm [PATH]`, `gateway import "
+        "chainlit-dynamodb --table NAME`.",
+    )
+    import_.add_argument("source", metavar="PATH", help="a JSONL export, or - for stdin")
+    import_.add_argument(
+        "--files", type=Path, metavar="DIR", help="store the element files the lines name, from DIR"
+    )
+    import_.set_defaults(run=_import)
+    import_llm = commands.add_parser(
+        "import-llm",
+        prog="gateway import llm",
+        help="(`gateway import llm [PATH]`) load the llm CLI's log",
+        description="Load the `llm` CLI's SQLite log: its threads (and conversations of logs "
+        "written by versions before 0.36) become threads, each turn a user-message step and an "
+        "assistant-message step (tool calls as child steps). Importing a grown log again adds only "
+        "what is new. The log is opened read-only.",
+    )
+    import_llm.add_argument(
+        "path", nargs="?", metavar="PATH", help="logs.db (default: llm's own, as `llm logs path` shows)"
+    )
+    import_llm.set_defaults(run=_import_llm)
+    import_dynamodb = commands.add_parser(
+        "import-chainlit-dynamodb",
+        prog="gateway import chainlit-dynamodb",
+        help="(`gateway import chainlit-dynamodb --table NAME`) load Chainlit's DynamoDB table",
+        description="Load a table written by Chainlit's DynamoDBDataLayer (users, threads, steps "
+        "with their feedback, elements), page by page. AWS credentials come from the standard AWS "
+        "variables and files. Elements keep their object keys and URLs; --copy-objects also copies "
+        "their S3 objects into the gateway's store.",
+    )
+    import_dynamodb.add_argument("--table", required=True, help="the table's name")
+    import_dynamodb.add_argument("--region", help="its AWS region (default: the AWS configuration's)")
+    import_dynamodb.add_argument("--endpoint-url", help="a DynamoDB-compatible endpoint (e.g. local)")
+    import_dynamodb.add_argument(
+        "--copy-objects", action="store_true", help="copy the elements' S3 objects into the gateway's store"
+    )
+    import_dynamodb.add_argument(
+        "--bucket", help="the bucket of the objects (default: the one in each element's URL)"
+    )
+    import_dynamodb.add_argument(
+        "--s3-endpoint-url", help="the S3 endpoint of the objects (default: --endpoint-url)"
+    )
+    import_dynamodb.set_defaults(run=_import_dynamodb)
+    prune = commands.add_parser(
+        "prune",
+        help="delete threads not active for DAYS days, with their contents and stored files",
+        description="Delete threads whose last activity is older than DAYS days, with their steps, "
+        "feedback, elements and stored objects (through the deletion outbox: objects a store "
+        "cannot delete now are retried). GATEWAY_RETENTION_DAYS makes a running gateway do this "
+        "continuously.",
+    )
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--user", metavar="IDENTIFIER", help="only this user's threads")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    prune.set_defaults(run=_prune)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "import" and argv[1] in IMPORT_SOURCES:
+        argv = [f"import-{argv[1]}", *argv[2:]]  # `gateway import llm ...`: the source's own parser
     args = parser.parse_args(argv)
     try:
         settings = Settings()

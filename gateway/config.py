@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(
         default=30.0, gt=0, description="how often failed object deletions are retried at most"
     )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="delete threads not active for this many days (with their files), continuously",
+    )
 
     # Limits, checked before a query runs.
     max_query_depth: int = Field(default=15, ge=1)

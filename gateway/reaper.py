@@ -13,6 +13,7 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
+from gateway import retention
 from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.storage import ObjectStore
@@ -30,10 +31,13 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 class ObjectReaper:
-    def __init__(self, db: Database, store: ObjectStore, *, interval: float = 30.0) -> None:
+    def __init__(
+        self, db: Database, store: ObjectStore, *, interval: float = 30.0, retention_days: float | None = None
+    ) -> None:
         self.db = db
         self.store = store
         self.interval = interval
+        self.retention_days = retention_days
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -75,10 +79,36 @@ class ObjectReaper:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
             self._wake.clear()
             try:
+                if self.retention_days is not None:
+                    await self.apply_retention(self.retention_days)
                 while await self.run_once() == BATCH:
                     pass  # a full batch: there may be more due
             except Exception:  # the database may be down too: try again at the next interval
                 logger.exception("the object reaper failed; it tries again in %s s", self.interval)
+
+    async def apply_retention(self, days: float) -> int:
+        """Delete the threads not active for `days` days (GATEWAY_RETENTION_DAYS), batch by batch,
+        their objects through the outbox; returns how many."""
+        cutoff, deleted = retention.cutoff_of(days), 0
+        while threads := await retention.prune_batch(
+            self.db, cutoff=cutoff, user_identifier=None, store=self.store.location
+        ):
+            deleted += len(threads)
+        if deleted:
+            logger.info("retention: deleted %d threads not active since %s", deleted, cutoff)
+        return deleted
+
+    async def drain(self) -> int:
+        """Try every deletion of this store once now, also those waiting for a later retry (for the
+        CLI, which has no background task); returns how many are still waiting."""
+        async with self.db.transaction() as session:
+            await object_deletions.retry_now(
+                session, store=self.store.location, now=format_timestamp(datetime.now(UTC))
+            )
+        while await self.run_once() == BATCH:
+            pass
+        async with self.db.session() as session:
+            return await object_deletions.count_deletions(session, store=self.store.location)
 
     async def run_once(self) -> int:
         """Give up uploads never completed, then try every due deletion once; returns how many

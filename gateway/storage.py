@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 
 from gateway.errors import PayloadTooLarge
 
+READ_CHUNK = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024  # S3 parts (at least 5 MiB but the last); also the single-PUT threshold
 FILES_ROUTE = "/files/"
 
@@ -83,6 +84,11 @@ class ObjectStore(ABC):
     @abstractmethod
     async def size(self, key: str) -> int | None:
         """The object's size, None when there is no such object."""
+
+    @abstractmethod
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes, chunk by chunk (`gateway export --files`); FileNotFoundError when
+        there is no such object."""
 
     @abstractmethod
     async def read_url(self, key: str, *, name: str, mime: str | None, expires_in: int, base_url: str) -> str:
@@ -183,6 +189,14 @@ class LocalStore(ObjectStore):
             return (await asyncio.to_thread(self.path_of(key).stat)).st_size
         except FileNotFoundError:
             return None
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self.path_of(key).open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
 
     def _signed_url(self, base_url: str, key: str, params: dict[str, str], *signed: str) -> str:
         query = urlencode({**params, "signature": self.signer.sign(*signed)})
@@ -309,6 +323,21 @@ class S3Store(ObjectStore):
     async def delete(self, key: str) -> None:
         client = await self.client()
         await client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        client = await self.client()
+        try:
+            answer = await client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"no object {key!r} in {self.location}") from error
+            raise
+        body = answer["Body"]
+        try:
+            async for chunk in body.iter_chunks(READ_CHUNK):
+                yield chunk
+        finally:
+            body.close()
 
     async def size(self, key: str) -> int | None:
         client = await self.client()

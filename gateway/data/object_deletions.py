@@ -78,6 +78,21 @@ async def deletions_of_other_stores(session: AsyncSession, *, store: str) -> dic
     return {name: count for name, count in (await session.execute(statement)).all()}
 
 
+async def retry_now(session: AsyncSession, *, store: str, now: str) -> None:
+    """Make this store's deletions waiting for a later retry due now."""
+    table = object_deletions_table
+    await session.execute(
+        sa.update(table).where(table.c.nextAttemptAt > now, _in_store(table, store)).values(nextAttemptAt=now)
+    )
+
+
+async def count_deletions(session: AsyncSession, *, store: str) -> int:
+    """How many deletions of this store wait (due or postponed)."""
+    table = object_deletions_table
+    statement = sa.select(sa.func.count()).select_from(table).where(_in_store(table, store))
+    return int((await session.execute(statement)).scalar_one())
+
+
 async def pending_deletions(session: AsyncSession) -> list[ObjectDeletion]:
     """Every deletion still to do, oldest first (for `gateway` operators and tests)."""
     statement = sa.select(ObjectDeletion).order_by(object_deletions_table.c.createdAt)

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.data.access import Access, not_yours, require_writable_thread
+from gateway.data.access import Access, check_writable_thread, not_yours, require_writable_thread
 from gateway.data.common import (
     KEEP,
     Keep,
@@ -24,7 +24,7 @@ from gateway.data.common import (
     update_values,
 )
 from gateway.data.pagination import Ordering, Page, PageRequest, count_rows, fetch_page
-from gateway.errors import BadUserInput, Forbidden, NotFound
+from gateway.errors import BadUserInput, Forbidden, GatewayError, NotFound
 from gateway.jsonops import like_pattern, sql_icontains, sql_json_contains, sql_tags_contain_all
 from gateway.tables import (
     Thread,
@@ -263,6 +263,36 @@ async def delete_thread(session: AsyncSession, *, thread_id: str, access: Access
     if exists is None:
         raise missing
     return await delete_threads(session, thread_ids=[thread_id])
+
+
+async def delete_threads_by_ids(
+    session: AsyncSession, *, thread_ids: Sequence[str], access: Access
+) -> tuple[dict[str, GatewayError], list[str]]:
+    """Delete each of these threads the caller may delete, as `delete_thread` would, whatever their
+    number in one statement per table; returns why the others were not (by id) and the stored
+    objects' keys."""
+    threads = threads_table.c
+    statement = sa.select(threads.id, threads.userId, threads.metadata).where(
+        threads.id.in_(sorted(set(thread_ids)))
+    )
+    found = {row.id: row for row in await session.execute(statement)}
+    refused: dict[str, GatewayError] = {}
+    deletable: list[str] = []
+    for thread_id in dict.fromkeys(thread_ids):
+        missing = NotFound(f"thread {thread_id} does not exist")
+        row = found.get(thread_id)
+        try:
+            if row is None:
+                raise missing
+            check_writable_thread(
+                access, thread_id=thread_id, owner_id=row.userId, metadata=row.metadata, missing=missing
+            )
+        except GatewayError as error:
+            refused[thread_id] = error
+            continue
+        deletable.append(thread_id)
+    object_keys = await delete_threads(session, thread_ids=deletable) if deletable else []
+    return refused, object_keys
 
 
 async def delete_threads(

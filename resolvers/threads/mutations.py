@@ -3,7 +3,7 @@ import strawberry
 from gateway.data import threads
 from gateway.data.common import KEEP
 from gateway.data.threads import ThreadChanges
-from gateway.errors import BadUserInput
+from gateway.errors import BadUserInput, GatewayError
 from gateway.timestamps import utc_now
 from gateway.validation import IDENTIFIER, JSON_VALUE, NAME, TAGS, check_input
 from resolvers.context import Info
@@ -28,6 +28,22 @@ class ThreadInput:
     created_at: DateTime | None = strawberry.field(
         default=strawberry.UNSET, description="Defaults to now on create."
     )
+
+
+MAX_DELETE_BATCH = 100
+
+
+@strawberry.type(description="Why one id of a bulk delete was not deleted.")
+class DeleteError:
+    code: str
+    message: str
+
+
+@strawberry.type(description="The outcome of one id of a bulk delete: `error` is null when it was deleted.")
+class DeleteResult:
+    index: int = strawberry.field(description="Position of the id in the list.")
+    id: strawberry.ID
+    error: DeleteError | None
 
 
 THREAD_LIMITS = {"name": NAME, "user_identifier": IDENTIFIER, "tags": TAGS, "metadata": JSON_VALUE}
@@ -81,3 +97,36 @@ class ThreadMutations:
             )
             await info.context.forget_objects(session, object_keys)
         return DeletePayload(id=strawberry.ID(thread_id))
+
+    @strawberry.mutation(
+        description=f"Delete up to {MAX_DELETE_BATCH} threads (each with its steps, elements and "
+        "feedback; the elements' stored objects are deleted right after) in one transaction, each on "
+        "its own: one outcome per id, in order; an id that cannot be deleted does not stop the others."
+    )
+    async def delete_threads(self, info: Info, ids: list[strawberry.ID]) -> list[DeleteResult]:
+        if len(ids) > MAX_DELETE_BATCH:
+            raise BadUserInput(f"at most {MAX_DELETE_BATCH} ids per call, not {len(ids)}", argument="ids")
+        parsed: list[str | GatewayError] = []
+        for index, given in enumerate(ids):
+            try:
+                parsed.append(parse_id(given, f"ids[{index}]"))
+            except GatewayError as bad_id:
+                parsed.append(bad_id)
+        async with info.context.write() as session:
+            refused, object_keys = await threads.delete_threads_by_ids(
+                session,
+                thread_ids=[item for item in parsed if isinstance(item, str)],
+                access=info.context.access,
+            )
+            await info.context.forget_objects(session, object_keys)
+        results = []
+        for index, (given, item) in enumerate(zip(ids, parsed, strict=True)):
+            why = item if isinstance(item, GatewayError) else refused.get(item)
+            results.append(
+                DeleteResult(
+                    index=index,
+                    id=strawberry.ID(item) if isinstance(item, str) else given,
+                    error=None if why is None else DeleteError(code=why.code, message=why.message),
+                )
+            )
+        return results
