@@ -438,7 +438,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         public_url=settings.public_url,
     )
 
-    hub = EventHub(db, poll_seconds=settings.event_poll_seconds, retention=settings.event_retention)
+    # The event log is read on connections of its own: it never waits for a request's connection.
+    events_db = Database(settings.database_url, pool_size=2)
+    hub = EventHub(events_db, poll_seconds=settings.event_poll_seconds, retention=settings.event_retention)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -453,6 +455,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await hub.stop()
+            await events_db.dispose()
             await reaper.stop()
             mark_worker_dead()
             await store.close()

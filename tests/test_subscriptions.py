@@ -6,9 +6,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from starlette.applications import Starlette
 
-from tests.conftest import Api, new_uuid
+from gateway.auth import api_key_prefix, hash_api_key, new_api_key
+from gateway.data import api_keys
+from gateway.database import Database
+from gateway.timestamps import utc_now
+from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
+from tests.conftest import TEST_API_KEY, Api, new_uuid, running, secured_settings, user_token
 from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, live_client, served
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
@@ -171,8 +177,6 @@ async def test_a_thread_one_cannot_read_is_not_found(api: Api, url: str) -> None
 
 
 async def test_a_cursor_older_than_the_retention_is_expired(api: Api, url: str) -> None:
-    from resolvers.subscriptions import encode_event_cursor
-
     thread_id = await new_thread(api)
     async with live_client(url) as client:
         await client.subscribe(
@@ -196,3 +200,150 @@ async def test_the_legacy_graphql_ws_protocol(api: Api, url: str) -> None:
         assert [event["kind"] for event in events] == ["STEP_CREATED", "STEP_OUTPUT_APPENDED"]
         await client.send({"id": subscription_id, "type": "stop"})
         assert await client.receive() == {"id": subscription_id, "type": "complete"}
+
+
+async def test_a_write_committing_after_a_later_one_is_not_skipped(
+    api: Api, url: str, db: Database, backend: str
+) -> None:
+    """The sequence-before-commit trap: T1 records its event first but commits last; a reader
+    that went past T2's event must still get T1's, after it, with a higher cursor."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a transaction cannot commit past another")
+    # Two threads (a step write locks its thread's row): one hub position for both.
+    slow_thread, fast_thread = await new_thread(api), await new_thread(api)
+    slow_step, fast_step = (
+        await new_step(api, slow_thread, output=""),
+        await new_step(api, fast_thread, output=""),
+    )
+    async with live_client(url) as client:
+        await client.subscribe(THREAD_EVENTS, t=slow_thread)
+        await client.subscribe(THREAD_EVENTS, t=fast_thread)
+        await asyncio.sleep(0.2)
+        async with db.transaction() as session:
+            await session.execute(
+                sa.text("UPDATE steps SET output = output || 'slow' WHERE id = :id"), {"id": slow_step}
+            )
+            await api.ok(APPEND, id=fast_step, d="fast")
+            fast = await client.next_event()
+            assert (fast["kind"], fast["delta"]) == ("STEP_OUTPUT_APPENDED", "fast")
+            await asyncio.sleep(0.2)  # the hub has read past the fast event
+        slow = await client.next_event()  # committed now
+        assert (slow["step"]["id"], slow["delta"]) == (slow_step, "slow")
+    assert decode_event_cursor(slow["cursor"]).position > decode_event_cursor(fast["cursor"]).position
+
+
+async def test_writes_of_another_program_produce_events(api: Api, url: str, db: Database) -> None:
+    """A Chainlit app writing the same database with its own SQL: the triggers record its writes."""
+    thread_id = await new_thread(api)
+    async with live_client(url) as client:
+        await client.subscribe(THREAD_EVENTS, t=thread_id)
+        await asyncio.sleep(0.2)
+        async with db.transaction() as session:
+            await session.execute(
+                sa.text(
+                    'INSERT INTO steps (id, name, type, "threadId", streaming, output, "createdAt") '
+                    "VALUES (:id, 'chainlit', 'run', :thread, false, 'direct', '2026-01-01T00:00:00.000Z')"
+                ),
+                {"id": new_uuid(), "thread": thread_id},
+            )
+        event = await client.next_event()  # the poll (SQLite) or NOTIFY (PostgreSQL) finds it
+        assert event["kind"] == "STEP_CREATED" and event["step"]["output"] == "direct"
+
+
+@pytest.fixture(scope="session")
+async def secured_url(secured_app: Starlette) -> AsyncIterator[str]:
+    async with served(secured_app) as address:
+        yield address
+
+
+BEARER = {"Authorization": f"Bearer {TEST_API_KEY}"}
+
+
+async def test_subscriptions_follow_the_read_rules_of_queries(secured_api: Api, secured_url: str) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    alice = (await backend.ok('mutation { upsertUser(input: {identifier: "alice@live"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@live"}) { id } }'))["upsertUser"][
+        "id"
+    ]
+    alices = await new_thread(backend, userId=alice)
+    bobs = await new_thread(backend, userId=bob)
+    shared = await new_thread(backend, userId=bob, metadata={"is_shared": True})
+    alice_token = {"Authorization": f"Bearer {user_token('alice@live')}"}
+
+    async def refusal(query: str, headers: dict[str, str], **variables: Any) -> str:
+        async with live_client(secured_url, init=headers) as client:
+            await client.subscribe(query, **variables)
+            message = await client.receive()
+        assert message["type"] == "error", message
+        code: str = message["payload"][0]["extensions"]["code"]
+        return code
+
+    assert await refusal(THREAD_EVENTS, alice_token, t=bobs) == "NOT_FOUND"
+    assert await refusal(USER_THREAD_EVENTS, alice_token, u=bob) == "NOT_FOUND"
+    assert await refusal(USER_THREAD_EVENTS, BEARER) == "BAD_USER_INPUT"  # an API key has no list
+    # Credentials in connection_init's payload (browsers) or on the upgrade request.
+    async with live_client(secured_url, init=alice_token) as client:
+        await client.subscribe(THREAD_EVENTS, t=alices)
+        await client.subscribe(THREAD_EVENTS, t=shared)  # shared: readable, so watchable
+        await client.subscribe(USER_THREAD_EVENTS)  # her own list
+        await asyncio.sleep(0.2)
+        await backend.ok(UPSERT_THREAD, i={"id": bobs, "name": "not for alice"})
+        await backend.ok(UPSERT_THREAD, i={"id": shared, "name": "shared news"})
+        await backend.ok(UPSERT_THREAD, i={"id": alices, "name": "hers"})
+        seen = {(event["threadId"], event["kind"]) for event in await client.events(3)}
+        assert seen == {(shared, "THREAD_UPDATED"), (alices, "THREAD_UPDATED")}
+    async with live_client(secured_url, headers=BEARER) as client:
+        await client.subscribe(USER_THREAD_EVENTS, u=bob)  # API keys may watch any user's list
+        await asyncio.sleep(0.2)
+        await backend.ok(UPSERT_THREAD, i={"id": bobs, "name": "for bob"})
+        assert (await client.next_event())["threadId"] == bobs
+
+
+async def test_sockets_without_valid_credentials_are_closed(secured_api: Api, secured_url: str) -> None:
+    async with live_client(secured_url, acknowledge=False) as client:
+        await client.send({"type": "connection_init"})
+        closed = await client.closed()
+        assert closed.code == 4401
+    async with live_client(
+        secured_url, acknowledge=False, headers={"Authorization": "Bearer gw_wrong"}
+    ) as client:
+        await client.send({"type": "connection_init"})
+        assert (await client.closed()).code == 4403
+    async with live_client(secured_url, acknowledge=False) as client:
+        await client.subscribe(THREAD_EVENTS, t=new_uuid())  # before connection_init
+        assert (await client.closed()).code == 4401
+
+
+async def test_an_expired_token_ends_its_subscriptions(secured_api: Api, secured_url: str) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    await backend.ok('mutation { upsertUser(input: {identifier: "brief@live"}) { id } }')
+    token = {"Authorization": f"Bearer {user_token('brief@live', lifetime=1)}"}
+    async with live_client(secured_url, init=token) as client:
+        await client.subscribe(USER_THREAD_EVENTS)
+        closed = await client.closed(wait=5)
+    assert closed.code == 4403 and "expired" in closed.reason
+
+
+async def test_a_revoked_key_ends_its_subscriptions(database_url: str, db: Database) -> None:
+    key = new_api_key()
+    async with db.transaction() as session:
+        await api_keys.create_api_key(
+            session,
+            name=f"live-{new_uuid()}",
+            key_hash=hash_api_key(key),
+            prefix=api_key_prefix(key),
+            now=utc_now(),
+        )
+    settings = secured_settings(database_url, subscription_auth_recheck_seconds=0.2)
+    async with running(settings) as application, served(application) as address:
+        async with live_client(address, init={"Authorization": f"Bearer {key}"}) as client:
+            await client.subscribe(THREAD_EVENTS, t=new_uuid())
+            assert (await client.receive())["payload"][0]["extensions"]["code"] == "NOT_FOUND"
+            async with db.transaction() as session:
+                stored = await api_keys.find_live_key(session, key_hash=hash_api_key(key))
+                assert stored is not None
+                await api_keys.revoke_api_key(session, name_or_id=stored.id, now=utc_now())
+            closed = await client.closed(wait=5)
+    assert closed.code == 4403
