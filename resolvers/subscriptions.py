@@ -310,8 +310,8 @@ async def prepare_subscription(
     except GraphQLError as error:
         raise SubscriptionRefused([{**error.formatted, "extensions": {"code": "BAD_USER_INPUT"}}]) from None
     try:
-        feed = await _authorized_feed(root.name.value, arguments, context)
         after = _live_cursor(arguments.get("after"), retention)
+        feed = await _authorized_feed(root.name.value, arguments, context, after)
     except GatewayError as error:
         raise SubscriptionRefused.of(error) from None
     # The cursor a subscriber resumes from changes nothing of what is rendered: not in the key.
@@ -332,14 +332,22 @@ async def prepare_subscription(
     )
 
 
-async def _authorized_feed(field_name: str, arguments: dict[str, Any], context: GatewayContext) -> Feed:
-    """Exactly the read rules of queries: a thread the caller cannot read is NOT_FOUND."""
+async def _authorized_feed(
+    field_name: str, arguments: dict[str, Any], context: GatewayContext, after: EventCursor | None
+) -> Feed:
+    """Exactly the read rules of queries: a thread the caller cannot read is NOT_FOUND. A client
+    resuming after its thread was deleted gets what it missed, up to THREAD_DELETED."""
     caller = context.caller
     if field_name == "threadEvents":
         thread_id = parse_id(arguments["threadId"], "threadId")
         async with context.db.session() as session:
             found = await threads.get_threads_by_ids(session, ids=[thread_id], access=context.access)
-        if thread_id not in found:
+            deleted = None
+            if thread_id not in found and after is not None:
+                deleted = await thread_events.thread_deletion_after(
+                    session, thread_id=thread_id, after=after.position
+                )
+        if thread_id not in found and (deleted is None or not context.access.owns(deleted.userId)):
             raise NotFound(f"thread {thread_id} not found")
         return Feed("thread", thread_id)
     user_id = parse_optional_id(arguments.get("userId"), "userId")

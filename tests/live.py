@@ -3,6 +3,7 @@ in the test's event loop) and a minimal client of both WebSocket protocols."""
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -106,6 +107,12 @@ class LiveClient:
         data: dict[str, Any] = message["payload"]["data"]
         return next(iter(data.values()))
 
+    async def next_with_id(self, wait: float = RECEIVE_TIMEOUT) -> tuple[str, dict[str, Any]]:
+        """The next event with the id of its subscription."""
+        message = await self.receive(wait)
+        assert message["type"] == ("data" if self.legacy else "next"), message
+        return message["id"], next(iter(message["payload"]["data"].values()))
+
     async def events(self, count: int) -> list[dict[str, Any]]:
         return [await self.next_event() for _ in range(count)]
 
@@ -115,6 +122,42 @@ class LiveClient:
                 await self.receive(wait)
         except Closed as closed:
             return closed
+
+
+async def until_live(
+    client: LiveClient,
+    api: Any,
+    subscription_id: str,
+    *,
+    thread_id: str | None = None,
+    user_id: str | None = None,
+) -> None:
+    """Write and delete something in the feed until the subscription receives its deletion: it is
+    live (a subscription starts a moment after its message is sent; the protocol does not say
+    when). A deletion, as events show the current state of what they name, but not of what is gone.
+    A thread's feed: a step made and deleted in it; a user's list: a thread of theirs."""
+    for _attempt in range(40):
+        probe = str(uuid.uuid4())
+        if thread_id is not None:
+            await api.ok(
+                "mutation($i: StepInput!) { upsertStep(input: $i) { id } }",
+                i={"id": probe, "threadId": thread_id, "name": "probe", "type": "run"},
+            )
+            await api.ok("mutation($id: ID!) { deleteStep(id: $id) { id } }", id=probe)
+        else:
+            await api.ok(
+                "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }",
+                i={"id": probe, "userId": user_id},
+            )
+            await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=probe)
+        try:
+            while True:
+                received, event = await client.next_with_id(wait=0.5)
+                if received == subscription_id and event.get("deletedId") == probe:
+                    return
+        except TimeoutError:
+            continue
+    raise AssertionError(f"subscription {subscription_id} never went live")
 
 
 @asynccontextmanager

@@ -2,20 +2,25 @@
 resumable with `after`, authorized like queries."""
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
 
 from gateway.auth import api_key_prefix, hash_api_key, new_api_key
+from gateway.client import GatewayClient
+from gateway.client import GatewayError as ClientError
 from gateway.data import api_keys
 from gateway.database import Database
 from gateway.timestamps import utc_now
 from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
 from tests.conftest import TEST_API_KEY, Api, new_uuid, running, secured_settings, user_token
-from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, live_client, served
+from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, live_client, served, until_live
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
 UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id } }"
@@ -46,8 +51,7 @@ async def new_step(api: Api, thread_id: str, **fields: Any) -> str:
 async def test_every_kind_of_event_of_a_thread_arrives_in_order_then_completes(api: Api, url: str) -> None:
     thread_id = await new_thread(api)
     async with live_client(url) as client:
-        await client.subscribe(THREAD_EVENTS, t=thread_id)
-        await asyncio.sleep(0.2)  # subscribed (the first event proves it, below)
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
         await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "renamed"})
         step_id = await new_step(api, thread_id)
         await api.ok(APPEND, id=step_id, d="Hel")
@@ -99,8 +103,7 @@ async def test_every_kind_of_event_of_a_thread_arrives_in_order_then_completes(a
 async def test_the_event_carries_the_current_state(api: Api, url: str) -> None:
     thread_id = await new_thread(api)
     async with live_client(url) as client:
-        await client.subscribe(THREAD_EVENTS, t=thread_id)
-        await asyncio.sleep(0.2)
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
         step_id = await new_step(api, thread_id, output="partial")
         event = await client.next_event()
         assert event["kind"] == "STEP_CREATED"
@@ -111,8 +114,7 @@ async def test_the_sidebar_feed_sees_threads_created_renamed_active_and_deleted(
     user = await api.ok('mutation { upsertUser(input: {identifier: "sidebar@example.com"}) { id } }')
     user_id = user["upsertUser"]["id"]
     async with live_client(url) as client:
-        await client.subscribe(USER_THREAD_EVENTS, u=user_id)
-        await asyncio.sleep(0.2)
+        await until_live(client, api, await client.subscribe(USER_THREAD_EVENTS, u=user_id), user_id=user_id)
         thread_id = await new_thread(api, userId=user_id)
         await new_thread(api)  # someone else's: not in this list
         await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "renamed"})
@@ -145,8 +147,7 @@ async def test_resume_after_a_disconnect_while_concurrent_writers_append(api: Ap
 
     received: list[dict[str, Any]] = []
     async with live_client(url) as client:
-        await client.subscribe(THREAD_EVENTS, t=thread_id)
-        await asyncio.sleep(0.2)
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
         writing = asyncio.gather(*(writer(number) for number in range(writers)))
         received.extend(await client.events(10))
     # Disconnected while the writers go on; resume from the last cursor received.
@@ -193,7 +194,7 @@ async def test_the_legacy_graphql_ws_protocol(api: Api, url: str) -> None:
     thread_id = await new_thread(api)
     async with live_client(url, legacy=True) as client:
         subscription_id = await client.subscribe(THREAD_EVENTS, t=thread_id)
-        await asyncio.sleep(0.2)
+        await until_live(client, api, subscription_id, thread_id=thread_id)
         step_id = await new_step(api, thread_id)
         await api.ok(APPEND, id=step_id, d="hi")
         events = await client.events(2)
@@ -216,9 +217,12 @@ async def test_a_write_committing_after_a_later_one_is_not_skipped(
         await new_step(api, fast_thread, output=""),
     )
     async with live_client(url) as client:
-        await client.subscribe(THREAD_EVENTS, t=slow_thread)
-        await client.subscribe(THREAD_EVENTS, t=fast_thread)
-        await asyncio.sleep(0.2)
+        await until_live(
+            client, api, await client.subscribe(THREAD_EVENTS, t=slow_thread), thread_id=slow_thread
+        )
+        await until_live(
+            client, api, await client.subscribe(THREAD_EVENTS, t=fast_thread), thread_id=fast_thread
+        )
         async with db.transaction() as session:
             await session.execute(
                 sa.text("UPDATE steps SET output = output || 'slow' WHERE id = :id"), {"id": slow_step}
@@ -236,8 +240,7 @@ async def test_writes_of_another_program_produce_events(api: Api, url: str, db: 
     """A Chainlit app writing the same database with its own SQL: the triggers record its writes."""
     thread_id = await new_thread(api)
     async with live_client(url) as client:
-        await client.subscribe(THREAD_EVENTS, t=thread_id)
-        await asyncio.sleep(0.2)
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
         async with db.transaction() as session:
             await session.execute(
                 sa.text(
@@ -285,18 +288,24 @@ async def test_subscriptions_follow_the_read_rules_of_queries(secured_api: Api, 
     assert await refusal(USER_THREAD_EVENTS, BEARER) == "BAD_USER_INPUT"  # an API key has no list
     # Credentials in connection_init's payload (browsers) or on the upgrade request.
     async with live_client(secured_url, init=alice_token) as client:
-        await client.subscribe(THREAD_EVENTS, t=alices)
-        await client.subscribe(THREAD_EVENTS, t=shared)  # shared: readable, so watchable
-        await client.subscribe(USER_THREAD_EVENTS)  # her own list
-        await asyncio.sleep(0.2)
+        own = await client.subscribe(THREAD_EVENTS, t=alices)
+        watched = await client.subscribe(THREAD_EVENTS, t=shared)  # shared: readable, so watchable
+        listed = await client.subscribe(USER_THREAD_EVENTS)  # her own list
+        await until_live(client, backend, own, thread_id=alices)
+        await until_live(client, backend, watched, thread_id=shared)
+        await until_live(client, backend, listed, user_id=alice)  # last: the step probes moved her list
         await backend.ok(UPSERT_THREAD, i={"id": bobs, "name": "not for alice"})
         await backend.ok(UPSERT_THREAD, i={"id": shared, "name": "shared news"})
         await backend.ok(UPSERT_THREAD, i={"id": alices, "name": "hers"})
-        seen = {(event["threadId"], event["kind"]) for event in await client.events(3)}
-        assert seen == {(shared, "THREAD_UPDATED"), (alices, "THREAD_UPDATED")}
+        seen = sorted([await client.next_with_id() for _ in range(3)], key=lambda item: item[0])
+        assert [(subscription, event["thread"]["name"]) for subscription, event in seen] == [
+            (own, "hers"),
+            (watched, "shared news"),
+            (listed, "hers"),
+        ]
     async with live_client(secured_url, headers=BEARER) as client:
-        await client.subscribe(USER_THREAD_EVENTS, u=bob)  # API keys may watch any user's list
-        await asyncio.sleep(0.2)
+        subscription = await client.subscribe(USER_THREAD_EVENTS, u=bob)  # API keys: any user's list
+        await until_live(client, backend, subscription, user_id=bob)
         await backend.ok(UPSERT_THREAD, i={"id": bobs, "name": "for bob"})
         assert (await client.next_event())["threadId"] == bobs
 
@@ -337,13 +346,78 @@ async def test_a_revoked_key_ends_its_subscriptions(database_url: str, db: Datab
             now=utc_now(),
         )
     settings = secured_settings(database_url, subscription_auth_recheck_seconds=0.2)
-    async with running(settings) as application, served(application) as address:
-        async with live_client(address, init={"Authorization": f"Bearer {key}"}) as client:
-            await client.subscribe(THREAD_EVENTS, t=new_uuid())
-            assert (await client.receive())["payload"][0]["extensions"]["code"] == "NOT_FOUND"
-            async with db.transaction() as session:
-                stored = await api_keys.find_live_key(session, key_hash=hash_api_key(key))
-                assert stored is not None
-                await api_keys.revoke_api_key(session, name_or_id=stored.id, now=utc_now())
-            closed = await client.closed(wait=5)
+    async with (
+        running(settings) as application,
+        served(application) as address,
+        live_client(address, init={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        await client.subscribe(THREAD_EVENTS, t=new_uuid())
+        assert (await client.receive())["payload"][0]["extensions"]["code"] == "NOT_FOUND"
+        async with db.transaction() as session:
+            stored = await api_keys.find_live_key(session, key_hash=hash_api_key(key))
+            assert stored is not None
+            await api_keys.revoke_api_key(session, name_or_id=stored.id, now=utc_now())
+        closed = await client.closed(wait=5)
     assert closed.code == 4403
+
+
+async def test_the_python_client_follows_a_thread_over_server_sent_events(api: Api, url: str) -> None:
+    thread_id = await new_thread(api)
+    step_id = await new_step(api, thread_id, output="")
+    http_url = url.replace("ws://", "http://")
+    async with GatewayClient(http_url) as gateway:
+        received: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async for event in gateway.subscribe(thread_id=thread_id):
+                received.append(event)
+
+        async def until(condition: Any) -> None:
+            for _ in range(100):
+                if condition():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(received)
+
+        following = asyncio.create_task(follow())
+        for _attempt in range(20):  # live once a probe step's deletion arrives
+            probe = await new_step(api, thread_id)
+            await api.ok("mutation($id: ID!) { deleteStep(id: $id) { id } }", id=probe)
+            with contextlib.suppress(AssertionError):
+                await until(lambda: any(event["deletedId"] == probe for event in received))  # noqa: B023
+                break
+        received.clear()
+        await api.ok(APPEND, id=step_id, d="one ")
+        await api.ok(APPEND, id=step_id, d="two ")
+        await until(lambda: len(received) == 2)
+        following.cancel()
+        await api.ok(APPEND, id=step_id, d="three")  # while nobody listens
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        # Resumed from the last cursor: the missed delta, then the deletion, then the end.
+        async for event in gateway.subscribe(thread_id=thread_id, after=received[-1]["cursor"]):
+            received.append(event)
+        assert [event["delta"] for event in received[:3]] == ["one ", "two ", "three"]
+        assert received[-1]["kind"] == "THREAD_DELETED"
+        with pytest.raises(ClientError) as refused:  # gone, and no cursor to resume from
+            async for _event in gateway.subscribe(thread_id=thread_id):
+                pass
+        assert refused.value.code == "NOT_FOUND"
+
+
+async def test_server_sent_events_by_hand(api: Api, url: str) -> None:
+    """graphql-sse's distinct connections mode, as a browser's EventSource-like client sends it."""
+    thread_id = await new_thread(api)
+    http_url = url.replace("ws://", "http://")
+    body = {"query": THREAD_EVENTS, "variables": {"t": thread_id}}
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream("POST", http_url, json=body, headers={"Accept": "text/event-stream"}) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        assert await anext(lines) == ": subscribed"
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        seen = [line async for line in lines if line]
+    assert seen[0] == "event: next"
+    assert json.loads(seen[1].removeprefix("data: "))["data"]["threadEvents"]["kind"] == "THREAD_DELETED"
+    assert seen[2:] == ["event: complete", "data:"]

@@ -60,6 +60,14 @@ async def user_events_between(
     return (await session.execute(statement)).scalars().all()
 
 
+async def thread_deletion_after(session: AsyncSession, *, thread_id: str, after: int) -> ThreadEvent | None:
+    """The THREAD_DELETED event of the thread after `after`, if it was deleted since."""
+    statement = sa.select(ThreadEvent).where(
+        events.threadId == thread_id, events.kind == "THREAD_DELETED", events.position > after
+    )
+    return (await session.execute(statement.limit(1))).scalars().first()
+
+
 async def prune_events(session: AsyncSession, *, before: str) -> int:
     """Delete the events recorded before `before` (a timestamp); returns how many."""
     result = await session.execute(sa.delete(thread_events_table).where(events.createdAt < before))
