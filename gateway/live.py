@@ -70,8 +70,9 @@ class LiveSettings:
 class Outbox:
     """One connection's outgoing messages: never blocks a producer; overflows past `bound`."""
 
-    def __init__(self, bound: int) -> None:
+    def __init__(self, bound: int, on_overflow: Callable[[], None] | None = None) -> None:
         self.bound = bound
+        self.on_overflow = on_overflow
         self.messages: deque[str] = deque()
         self.ready = asyncio.Event()
         self.overflowed = False
@@ -81,6 +82,8 @@ class Outbox:
         if self.closed:
             return
         if len(self.messages) >= self.bound:
+            if not self.overflowed and self.on_overflow is not None:
+                self.on_overflow()  # the writer may be stuck sending to this very subscriber
             self.overflowed = True
         else:
             self.messages.append(message)
@@ -296,7 +299,7 @@ class WebSocketSession:
         self.websocket = websocket
         self.protocol = protocol
         self.legacy = protocol == LEGACY_WS
-        self.outbox = Outbox(service.settings.buffer)
+        self.outbox = Outbox(service.settings.buffer, on_overflow=self._too_slow)
         self.subscriptions: dict[str, LiveSubscription] = {}
         self.starting: dict[str, asyncio.Task[None]] = {}
         self.caller: Caller | None = None
@@ -491,9 +494,17 @@ class WebSocketSession:
         self.outbox.put(_json(message))
 
     async def _close(self, code: int, reason: str) -> None:
+        self._mark_closed(code, reason)
+
+    def _mark_closed(self, code: int, reason: str) -> None:
+        """Ends the session: `run` stops its tasks and closes the socket with this code."""
         if self.close_code is None:
             self.close_code = (code, reason[:120])
         self._closed.set()
+
+    def _too_slow(self) -> None:
+        self.outbox.closed = True
+        self._mark_closed(CLOSE_TOO_SLOW, TOO_SLOW_REASON)
 
     async def _write(self) -> None:
         outbox = self.outbox

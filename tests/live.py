@@ -3,6 +3,7 @@ in the test's event loop) and a minimal client of both WebSocket protocols."""
 
 import asyncio
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,12 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from tests.conftest import _free_port
 
@@ -177,3 +183,55 @@ async def live_client(
             ack = await client.init(init)
             assert ack["type"] == "connection_ack", ack
         yield client
+
+
+class StalledClient:
+    """A subscriber that stops reading its socket (a frozen browser tab), on a socket that
+    buffers little; written with websockets' sans-I/O protocol over a raw socket."""
+
+    def __init__(self, url: str) -> None:
+        self.protocol = ClientProtocol(
+            parse_uri(url), subprotocols=[Subprotocol("graphql-transport-ws")], max_size=None
+        )
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.socket.setblocking(False)
+        self.address = (parse_uri(url).host, parse_uri(url).port)
+
+    async def open(self, query: str, **variables: Any) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.socket, self.address)
+        self.protocol.send_request(self.protocol.connect())
+        await self._flush()
+        while self.protocol.state is not State.OPEN:
+            self.protocol.receive_data(await loop.sock_recv(self.socket, 4096))
+        for message in (
+            {"type": "connection_init"},
+            {"id": "stalled", "type": "subscribe", "payload": {"query": query, "variables": variables}},
+        ):
+            self.protocol.send_text(json.dumps(message).encode())
+        await self._flush()
+
+    async def _flush(self) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.socket, b"".join(self.protocol.data_to_send()))
+
+    async def read_to_the_end(self) -> tuple[list[dict[str, Any]], int | None, str]:
+        """Everything the server sent, then the close code and reason."""
+        loop = asyncio.get_running_loop()
+        messages: list[dict[str, Any]] = []
+        while True:
+            data = await asyncio.wait_for(loop.sock_recv(self.socket, 1 << 20), RECEIVE_TIMEOUT)
+            if data:
+                self.protocol.receive_data(data)
+            else:
+                self.protocol.receive_eof()
+            for event in self.protocol.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    messages.append(json.loads(event.data))
+                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                    close = self.protocol.close_rcvd
+                    self.socket.close()
+                    return messages, close.code if close else None, close.reason if close else ""
+            if not data:
+                self.socket.close()
+                return messages, None, ""

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,12 +16,13 @@ from starlette.applications import Starlette
 from gateway.auth import api_key_prefix, hash_api_key, new_api_key
 from gateway.client import GatewayClient
 from gateway.client import GatewayError as ClientError
+from gateway.config import Settings
 from gateway.data import api_keys
 from gateway.database import Database
 from gateway.timestamps import utc_now
 from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
-from tests.conftest import TEST_API_KEY, Api, new_uuid, running, secured_settings, user_token
-from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, live_client, served, until_live
+from tests.conftest import QUIET_REAPER, TEST_API_KEY, Api, new_uuid, running, secured_settings, user_token
+from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, StalledClient, live_client, served, until_live
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
 UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id } }"
@@ -421,3 +423,68 @@ async def test_server_sent_events_by_hand(api: Api, url: str) -> None:
     assert seen[0] == "event: next"
     assert json.loads(seen[1].removeprefix("data: "))["data"]["threadEvents"]["kind"] == "THREAD_DELETED"
     assert seen[2:] == ["event: complete", "data:"]
+
+
+async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(database_url: str, api: Api) -> None:
+    settings = Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        reaper_interval_seconds=QUIET_REAPER,
+        subscription_buffer=4,
+    )
+    thread_id = await new_thread(api)
+    step_id = await new_step(api, thread_id, output="")
+    chunk, appends = "x" * 128 * 1024, 12
+    async with running(settings) as application, served(application) as address:
+        stalled = StalledClient(address)
+        async with live_client(address, max_size=2**26) as healthy:
+            await until_live(
+                healthy, api, await healthy.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id
+            )
+            await stalled.open(THREAD_EVENTS, t=thread_id)
+            await asyncio.sleep(0.5)  # no probe: it reads nothing until the end
+            for _ in range(appends):  # each event carries the whole output so far: megabytes
+                await api.ok(APPEND, id=step_id, d=chunk)
+            assert len(await healthy.events(appends)) == appends  # the others are not held up
+        messages, code, reason = await stalled.read_to_the_end()
+        assert code == 1013 and "cursor" in reason
+        received = [
+            next(iter(item["payload"]["data"].values())) for item in messages if item["type"] == "next"
+        ]
+        assert len(received) < appends
+        async with live_client(address, max_size=2**26) as resumed:
+            await resumed.subscribe(THREAD_EVENTS, t=thread_id, after=received[-1]["cursor"])
+            received.extend(await resumed.events(appends - len(received)))
+    assert [event["delta"] for event in received] == [chunk] * appends
+
+
+async def test_events_older_than_the_retention_are_pruned_and_their_cursors_expire(
+    database_url: str, api: Api, db: Database
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        reaper_interval_seconds=QUIET_REAPER,
+        event_retention=timedelta(seconds=1),
+        event_poll_seconds=0.2,
+    )
+    thread_id = await new_thread(api)
+    async with (
+        running(settings) as application,
+        served(application) as address,
+        live_client(address) as client,
+    ):
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
+        await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "soon forgotten"})
+        cursor = (await client.next_event())["cursor"]
+        count = sa.text('SELECT count(*) FROM gateway_thread_events WHERE "threadId" = :t')
+        for _ in range(50):  # the background task prunes what is older than a second
+            await asyncio.sleep(0.1)
+            async with db.session() as session:
+                if await session.scalar(count, {"t": thread_id}) == 0:
+                    break
+        else:
+            raise AssertionError("the events were not pruned")
+        await client.subscribe(THREAD_EVENTS, t=thread_id, after=cursor)
+        message = await client.receive()
+    assert message["payload"][0]["extensions"]["code"] == "CURSOR_EXPIRED"
