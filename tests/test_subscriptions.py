@@ -488,3 +488,9 @@ async def test_events_older_than_the_retention_are_pruned_and_their_cursors_expi
         await client.subscribe(THREAD_EVENTS, t=thread_id, after=cursor)
         message = await client.receive()
     assert message["payload"][0]["extensions"]["code"] == "CURSOR_EXPIRED"
+
+
+async def test_a_subscription_sent_as_a_plain_request_says_where_to_go(api: Api) -> None:
+    error = await api.error(THREAD_EVENTS, t=new_uuid())
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "WebSocket" in error["message"]
