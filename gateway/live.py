@@ -31,7 +31,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway.attachments import Attachments
-from gateway.auth import Authenticator, Caller, credential_of
+from gateway.auth import Authenticator, Caller, CallerKind, credential_of
 from gateway.data import thread_events
 from gateway.database import Database
 from gateway.errors import GatewayError, Unauthenticated
@@ -307,8 +307,10 @@ class WebSocketSession:
         self.request_id = websocket.scope.get("state", {}).get("request_id") or new_id()
         self.close_code: tuple[int, str] | None = None
         self._closed = asyncio.Event()
+        self._main: asyncio.Task[Any] | None = None
 
     async def run(self) -> None:
+        self._main = asyncio.current_task()
         writer = asyncio.create_task(self._write())
         rechecks: asyncio.Task[None] | None = None
         try:
@@ -323,7 +325,8 @@ class WebSocketSession:
             self._send({"type": "connection_ack"})
             if self.legacy:
                 self._send({"type": "ka"})
-            rechecks = asyncio.create_task(self._recheck_credentials())
+            if self._revocable():
+                rechecks = asyncio.create_task(self._recheck_credentials())
             while not self._closed.is_set():
                 message = await self._receive()
                 if message is None:
@@ -333,6 +336,10 @@ class WebSocketSession:
             await self._close(4408, "Connection initialisation timeout")
         except WebSocketDisconnect:
             pass
+        except asyncio.CancelledError:
+            if self.close_code is None:
+                raise  # the server is stopping
+            # `_mark_closed` from another task (too slow, credentials gone): close below.
         finally:
             self._closed.set()
             for task in self.starting.values():
@@ -352,16 +359,12 @@ class WebSocketSession:
                     await asyncio.wait_for(self.websocket.close(*self.close_code), 2)
 
     async def _receive(self) -> dict[str, Any] | None:
-        receive = asyncio.create_task(self.websocket.receive())
-        closed = asyncio.create_task(self._closed.wait())
         try:
-            await asyncio.wait({receive, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-        if not receive.done():
-            receive.cancel()
-            return None
-        message = receive.result()
+            message = await self.websocket.receive()
+        except asyncio.CancelledError:
+            if self._closed.is_set() and self.close_code is not None:
+                return None  # `_mark_closed` cancelled the wait: the session ends
+            raise
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         text = message.get("text")
@@ -403,6 +406,14 @@ class WebSocketSession:
             return False
         self.headers = headers
         return True
+
+    def _revocable(self) -> bool:
+        """Whether the credential can stop being valid while the socket is open: a stored key (it
+        can be revoked) or a token (it expires); not open mode, not GATEWAY_API_KEYS (fixed)."""
+        caller = self.caller
+        if caller is None or caller.kind is CallerKind.DEVELOPER:
+            return False
+        return not (caller.kind is CallerKind.BACKEND and caller.name.startswith("GATEWAY_API_KEYS["))
 
     async def _recheck_credentials(self) -> None:
         """Close the socket once its key is revoked or its token expires."""
@@ -501,6 +512,8 @@ class WebSocketSession:
         if self.close_code is None:
             self.close_code = (code, reason[:120])
         self._closed.set()
+        if self._main is not None and self._main is not asyncio.current_task():
+            self._main.cancel()  # it waits for the client's next message
 
     def _too_slow(self) -> None:
         self.outbox.closed = True
