@@ -72,6 +72,7 @@ class EventHub:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pruned_at = 0.0
+        self._stopping = False
         self.listener_connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -84,6 +85,7 @@ class EventHub:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="gateway-event-listener"))
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -120,9 +122,11 @@ class EventHub:
         )
 
     async def _read_loop(self) -> None:
-        while True:
+        while not self._stopping:
+            # asyncio.timeout, not wait_for: a cancellation arriving with a wake-up is not lost.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.read_new_events()
@@ -181,7 +185,7 @@ class EventHub:
     async def _listen_loop(self) -> None:
         dsn = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
         delay = 0.2
-        while True:
+        while not self._stopping:
             connection: Any = None
             try:
                 connection = await asyncpg.connect(

@@ -314,7 +314,8 @@ class WebSocketSession:
         writer = asyncio.create_task(self._write())
         rechecks: asyncio.Task[None] | None = None
         try:
-            init = await asyncio.wait_for(self._receive(), CONNECTION_INIT_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CONNECTION_INIT_TIMEOUT_SECONDS):
+                init = await self._receive()
             if init is None:
                 return
             if init.get("type") != "connection_init":
@@ -527,7 +528,8 @@ class WebSocketSession:
                 await outbox.ready.wait()
             else:
                 try:
-                    await asyncio.wait_for(outbox.ready.wait(), keep_alive)
+                    async with asyncio.timeout(keep_alive):  # not wait_for: it can swallow a cancel
+                        await outbox.ready.wait()
                 except TimeoutError:
                     if self.caller is not None:
                         outbox.put(_json({"type": "ka"}))
@@ -614,7 +616,8 @@ async def serve_sse(service: LiveService, request: Request, caller: Caller, payl
                     break
                 outbox.ready.clear()
                 try:
-                    await asyncio.wait_for(outbox.ready.wait(), KEEP_ALIVE_SECONDS)
+                    async with asyncio.timeout(KEEP_ALIVE_SECONDS):
+                        await outbox.ready.wait()
                 except TimeoutError:
                     yield ":\n\n"  # keeps proxies from closing an idle stream
             yield "event: complete\ndata:\n\n"
