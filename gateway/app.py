@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -32,9 +32,11 @@ from gateway.config import Settings
 from gateway.data import object_deletions
 from gateway.database import Database
 from gateway.errors import BadUserInput, GatewayError, PayloadTooLarge
+from gateway.events import EventHub
 from gateway.health import readiness_route
 from gateway.ids import new_id
 from gateway.jsonops import to_json_bytes
+from gateway.live import LiveService, LiveSettings, serve_sse, serve_websocket
 from gateway.metrics import GatewayMetrics, mark_worker_dead, metrics_route
 from gateway.migrate import upgrade_database
 from gateway.observability import ObserveRequests, count_statements, current_record
@@ -102,6 +104,7 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         compiled_reads: CompiledReads | None = None,
         verify_compiled_reads: bool = False,
         rate_limiter: RateLimiter | None = None,
+        live: LiveService | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(schema, multipart_uploads_enabled=True, **kwargs)
@@ -113,11 +116,12 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
         self.compiled_reads = compiled_reads
         self.verify_compiled_reads = verify_compiled_reads
         self.rate_limiter = rate_limiter
+        self.live = live
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Requests that are no GraphQL request (no query, a body that is not JSON, variables that
         are not an object) get a GraphQL error with a code too, not strawberry's plain text."""
-        if scope["type"] != "http":  # not routed here: /graphql is an HTTP route (no subscriptions yet)
+        if scope["type"] != "http":  # not routed here: WebSockets go to gateway.live
             await super().__call__(scope, receive, send)
             return
         try:
@@ -132,7 +136,12 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
                 if self.rate_limiter is not None:
                     self.rate_limiter.check(scope["state"]["caller"])
             capped = Request(scope=scope, receive=self._capped(request, receive))
-            response = await self._compiled(capped) or await self.run(capped)
+            if self.live is not None and _wants_event_stream(request):
+                response = await serve_sse(
+                    self.live, capped, scope["state"]["caller"], await _sse_payload(capped)
+                )
+            else:
+                response = await self._compiled(capped) or await self.run(capped)
         except GatewayError as error:
             scope["state"]["error_codes"] = [error.code]  # for the log and the metrics
             response = _error_response(
@@ -280,7 +289,33 @@ class GatewayGraphQL(GraphQL[GatewayContext, None]):
             attachments=self.attachments,
             request=request,
             response=response,
+            events=self.live.hub if self.live is not None else None,
         )
+
+
+def _wants_event_stream(request: Request) -> bool:
+    """A graphql-sse request (distinct connections mode): it accepts only an event stream."""
+    accept = request.headers.get("accept", "").lower()
+    return "text/event-stream" in accept and request.method in ("GET", "POST")
+
+
+async def _sse_payload(request: Request) -> Any:
+    """The subscription of a graphql-sse request: the JSON body, or a GET's query parameters."""
+    if request.method == "GET":
+        params = request.query_params
+        try:
+            variables = loads_strict(params["variables"]) if "variables" in params else None
+        except ValueError as error:
+            raise BadUserInput(f"`variables` is not JSON: {error}") from None
+        return {
+            "query": params.get("query"),
+            "variables": variables,
+            "operationName": params.get("operationName"),
+        }
+    try:
+        return loads_strict(await request.body())
+    except ValueError as error:
+        raise BadUserInput(f"the body is not JSON: {error}") from None
 
 
 def _same_json(compiled: Any, resolved: Any, signed_urls: set[str]) -> bool:
@@ -408,6 +443,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         public_url=settings.public_url,
     )
 
+    # The event log is read on connections of its own: it never waits for a request's connection.
+    events_db = Database(settings.database_url, pool_size=2)
+    hub = EventHub(events_db, poll_seconds=settings.event_poll_seconds, retention=settings.event_retention)
+
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         try:
@@ -417,8 +456,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await store.start()
             await reaper.start()
             reaper.kick()  # deletions a previous run left to retry
+            await hub.start()
             yield
         finally:
+            await hub.stop()
+            await events_db.dispose()
             await reaper.stop()
             mark_worker_dead()
             await store.close()
@@ -437,6 +479,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         introspection=settings.introspection,
     )
     compiled_reads = CompiledReads(schema, db, limits)
+    live = LiveService(
+        schema,
+        db,
+        hub,
+        auth,
+        limits,
+        attachments,
+        LiveSettings(
+            retention=settings.event_retention,
+            buffer=settings.subscription_buffer,
+            auth_recheck_seconds=settings.subscription_auth_recheck_seconds,
+            allowed_origins=tuple(settings.cors_origin_list),
+        ),
+    )
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        await serve_websocket(live, websocket)
+
     graphql = GatewayGraphQL(
         db,
         auth,
@@ -447,10 +507,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         verify_compiled_reads=settings.compiled_reads_verify,
         rate_limiter=RateLimiter(*settings.rate) if settings.rate else None,
         graphql_ide="graphiql" if settings.graphiql else None,
+        live=live,
     )
     metrics = GatewayMetrics(db) if settings.metrics else None
     count_statements(db)
-    routes: list[BaseRoute] = [Route("/graphql", graphql), Route("/healthz", health)]
+    routes: list[BaseRoute] = [
+        Route("/graphql", graphql),
+        WebSocketRoute("/graphql", websocket_endpoint),
+        Route("/healthz", health),
+    ]
     routes.append(Route("/readyz", readiness_route(db, store)))
     if metrics is not None:
         routes.append(Route("/metrics", metrics_route(metrics, auth)))
@@ -481,4 +546,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.attachments = attachments
     app.state.settings = settings
     app.state.compiled_reads = compiled_reads
+    app.state.events = hub
+    app.state.live = live
     return app

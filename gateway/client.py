@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +30,15 @@ RETRY_PAUSE_SECONDS = 0.25
 MAX_RETRY_PAUSE_SECONDS = 4.0
 DEFAULT_ATTEMPTS = 5
 UNAVAILABLE_STATUSES = (502, 503, 504)  # the gateway's 503, or a proxy's in front of it
+DEFAULT_EVENT_SELECTION = (
+    "cursor kind threadId delta deletedId thread { id name updatedAt } step { id output }"
+)
+THREAD_EVENTS = (
+    "subscription($threadId: ID!, $after: String) { threadEvents(threadId: $threadId, after: $after) { %s } }"
+)
+USER_THREAD_EVENTS = (
+    "subscription($userId: ID, $after: String) { userThreadEvents(userId: $userId, after: $after) { %s } }"
+)
 
 
 class GatewayError(Exception):
@@ -142,6 +151,81 @@ class GatewayClient:
                 if not isinstance(body, bytes):
                     body.close()
 
+    async def subscribe(
+        self,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        after: str | None = None,
+        selection: str = DEFAULT_EVENT_SELECTION,
+        resume: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a thread (`thread_id`), or of a user's thread list (`user_id`; a user's
+        token: their own when omitted), as they happen, over Server-Sent Events. `after`: first
+        every retained event after this cursor. A dropped connection (or one closed as too slow)
+        is opened again from the last cursor received, so no event is lost or repeated; the
+        iterator ends when the thread is deleted. `selection` is the ThreadEvent fields wanted
+        (`cursor` is always added)."""
+        variables: dict[str, Any]
+        if thread_id is not None:
+            document, variables = THREAD_EVENTS % f"cursor {selection}", {"threadId": thread_id}
+        else:
+            document, variables = USER_THREAD_EVENTS % f"cursor {selection}", {"userId": user_id}
+        failures = 0
+        while True:
+            try:
+                async for event in self._event_stream(document, {**variables, "after": after}):
+                    failures = 0
+                    after = event["cursor"]
+                    yield event
+                return
+            except (httpx.TransportError, _StreamInterrupted) as error:
+                failures += 1
+                if not resume or failures >= self.attempts:
+                    raise
+                logger.warning("the event stream broke (%s); resuming from the last event", error)
+                await asyncio.sleep(retry_pause(failures))
+
+    async def _event_stream(self, document: str, variables: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """One graphql-sse stream: each `next` event's subscription field, until `complete`."""
+        body = {"query": document, "variables": variables}
+        headers = {"Accept": "text/event-stream"}
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        async with self.http.stream(
+            "POST", self.url, json=body, headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                self._data_of(response)  # raises the refusal (NOT_FOUND, CURSOR_EXPIRED, ...)
+                raise GatewayError(f"the gateway answered HTTP {response.status_code}", code=None, errors=[])
+            kind, data = "message", []
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    continue
+                if line:
+                    name, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if name == "event":
+                        kind = value
+                    elif name == "data":
+                        data.append(value)
+                    continue
+                if kind == "complete":
+                    return
+                if kind == "next" and data:
+                    payload = json.loads("\n".join(data))
+                    errors = payload.get("errors") or []
+                    if any((item.get("extensions") or {}).get("retryable") for item in errors):
+                        raise _StreamInterrupted(errors[0].get("message", "the stream was interrupted"))
+                    if errors:
+                        code = (errors[0].get("extensions") or {}).get("code")
+                        raise GatewayError(
+                            errors[0].get("message", "event refused"), code=code, errors=errors
+                        )
+                    yield next(iter(payload["data"].values()))
+                kind, data = "message", []
+        raise _StreamInterrupted("the event stream ended without `complete`")
+
     @staticmethod
     def _data_of(response: httpx.Response) -> dict[str, Any]:
         try:
@@ -166,6 +250,10 @@ class GatewayClient:
             )
         data: dict[str, Any] = body.get("data") or {}
         return data
+
+
+class _StreamInterrupted(Exception):
+    """The event stream stopped before its end (a subscriber too slow; the server going away)."""
 
 
 def retry_pause(attempt: int) -> float:

@@ -2,6 +2,7 @@
 
 import ipaddress
 import re
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -93,6 +94,26 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="delete threads not active for this many days (with their files), continuously",
+    )
+
+    # Subscriptions (gateway.live, gateway.events).
+    event_retention: timedelta = Field(
+        default=timedelta(hours=24),
+        description="how long the event log keeps events for subscribers resuming with `after` "
+        "(seconds, or an ISO 8601 duration such as PT24H)",
+    )
+    event_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often the event log is read without a wake-up (NOTIFY, own writes)",
+    )
+    subscription_buffer: int = Field(
+        default=1000,
+        ge=1,
+        description="events queued for one subscriber connection before it is closed as too slow",
+    )
+    subscription_auth_recheck_seconds: float = Field(
+        default=60.0, gt=0, description="how often a subscriber's API key is checked again (revocation)"
     )
 
     # Limits, checked before a query runs.

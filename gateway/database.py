@@ -25,7 +25,7 @@ class Database:
     pool for both.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 20) -> None:
         parsed = make_url(url)
         self.url = url
         self.dialect_name = parsed.get_backend_name()
@@ -44,7 +44,7 @@ class Database:
                 echo=echo,
                 # Enough kept open for a busy process: connections opened past the pool are
                 # closed again when returned, and that churn cost more than the queries.
-                pool_size=20,
+                pool_size=pool_size,
                 max_overflow=10,
                 json_serializer=_dump_json,
             )

@@ -48,6 +48,12 @@ class ServiceUnavailable(GatewayError):
         super().__init__(message, **{**extensions, "retryable": True})
 
 
+class CursorExpired(GatewayError):
+    """A subscription's `after` is older than the event log keeps: the client reloads instead."""
+
+    code = "CURSOR_EXPIRED"
+
+
 class NotRun(GatewayError):
     """A root mutation field after one that failed: it was not run (nothing of it was written)."""
 

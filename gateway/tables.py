@@ -198,3 +198,24 @@ class PendingUpload(SQLModel, table=True):
 
 
 pending_uploads_table: sa.Table = PendingUpload.__table__  # type: ignore[attr-defined]
+
+
+class ThreadEvent(SQLModel, table=True):
+    """One change to a thread or what is in it, recorded by triggers in the writing transaction
+    (migration 0009); `position` orders them for subscribers (NULL until the write commits)."""
+
+    __tablename__ = "gateway_thread_events"
+
+    id: int = Field(sa_column=sa.Column("id", sa.BigInteger(), primary_key=True))
+    position: int | None = Field(default=None, sa_column=sa.Column("position", sa.BigInteger(), unique=True))
+    threadId: str = Field(sa_column=sa.Column("threadId", UUIDText(), nullable=False))
+    userId: str | None = Field(default=None, sa_column=sa.Column("userId", UUIDText()))
+    kind: str = Field(sa_column=sa.Column("kind", sa.Text(), nullable=False))
+    entityId: str | None = Field(default=None, sa_column=sa.Column("entityId", UUIDText()))
+    delta: str | None = Field(default=None, sa_column=sa.Column("delta", sa.Text()))
+    # Only the thread's updatedAt moved (a step was written): for the owner's list, not the thread.
+    activity: bool = Field(default=False, sa_column=sa.Column("activity", sa.Boolean(), nullable=False))
+    createdAt: str = Field(sa_column=sa.Column("createdAt", sa.Text(), nullable=False))
+
+
+thread_events_table: sa.Table = ThreadEvent.__table__  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from graphql import (
     NamedTypeNode,
     NonNullTypeNode,
     OperationDefinitionNode,
+    OperationType,
     TypeNode,
 )
 from strawberry.extensions import SchemaExtension
@@ -64,7 +65,8 @@ class RequestChecks(SchemaExtension):
       store them, SQLite would), lone surrogates, NaN and Infinity, values nested deeper than
       MAX_JSON_DEPTH; in literals and variables alike, so both databases answer the same;
     - a document of several operations without `operationName` (the GraphQL specification's
-      rule; strawberry would run the first)."""
+      rule; strawberry would run the first);
+    - a subscription sent as a plain HTTP request (gateway.live serves them)."""
 
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context
@@ -79,6 +81,11 @@ class RequestChecks(SchemaExtension):
             named = [item for item in operations if item.name and item.name.value == context.operation_name]
             operation = named[0] if named else operations[0] if len(operations) == 1 else None
             problem = prepared.literal_problem or problem
+            if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
+                problem = (
+                    "subscriptions are served over WebSocket at /graphql (graphql-transport-ws or "
+                    "graphql-ws) or as Server-Sent Events (`Accept: text/event-stream`)"
+                )
         batches = batch_variables(operation, context.schema._schema)
         problem = variables_problem(context.variables or {}, batches) or problem
         if problem is not None:

@@ -81,6 +81,9 @@ class Loaders:
         self.element_by_id: DataLoader[str, Element | None] = _by_key(
             db, lambda session, ids: elements.get_elements_by_ids(session, ids=ids, access=access)
         )
+        self.feedback_by_id: DataLoader[str, Feedback | None] = _by_key(
+            db, lambda session, ids: feedback.get_feedbacks_by_ids(session, ids=ids, access=access)
+        )
         self.feedback_of_step: DataLoader[str, Feedback | None] = _by_key(
             db, lambda session, ids: feedback.get_feedback_of_steps(session, step_ids=ids)
         )

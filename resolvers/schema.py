@@ -19,6 +19,7 @@ from resolvers.limits import QueryLimits
 from resolvers.scalars import SCALARS
 from resolvers.steps.mutations import StepMutations
 from resolvers.steps.queries import StepQueries
+from resolvers.subscriptions import Subscription
 from resolvers.threads.changes import ThreadChangesMutations
 from resolvers.threads.mutations import ThreadMutations
 from resolvers.threads.queries import ThreadQueries
@@ -50,6 +51,7 @@ def build_schema(**kwargs: Any) -> strawberry.Schema:
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         # OperationInfo first: it finishes last, so it sees the codes ErrorCodes gives.
         extensions=[OperationInfo, ErrorCodes, RequestChecks, QueryLimits, CachedDocuments],
         config=StrawberryConfig(scalar_map=SCALARS),

@@ -29,6 +29,13 @@ async def get_feedback_of_steps(session: AsyncSession, *, step_ids: Sequence[str
     return {row.forId: row for row in (await session.execute(statement)).scalars()}
 
 
+async def get_feedbacks_by_ids(
+    session: AsyncSession, *, ids: Sequence[str], access: Access
+) -> dict[str, Feedback]:
+    statement = sa.select(Feedback).where(feedbacks_table.c.id.in_(list(ids)), *access.readable_feedbacks())
+    return {row.id: row for row in (await session.execute(statement)).scalars()}
+
+
 async def list_feedbacks_of_threads(
     session: AsyncSession, *, thread_ids: Sequence[str], request: PageRequest
 ) -> dict[str, Page[Feedback]]:

@@ -1,0 +1,496 @@
+"""Subscriptions over real sockets, on SQLite and PostgreSQL: every kind of event, in commit order,
+resumable with `after`, authorized like queries."""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from starlette.applications import Starlette
+
+from gateway.auth import api_key_prefix, hash_api_key, new_api_key
+from gateway.client import GatewayClient
+from gateway.client import GatewayError as ClientError
+from gateway.config import Settings
+from gateway.data import api_keys
+from gateway.database import Database
+from gateway.timestamps import utc_now
+from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
+from tests.conftest import QUIET_REAPER, TEST_API_KEY, Api, new_uuid, running, secured_settings, user_token
+from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, StalledClient, live_client, served, until_live
+
+UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
+UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id } }"
+APPEND = "mutation($id: ID!, $d: String!) { appendStepOutput(id: $id, delta: $d) { id } }"
+
+
+@pytest.fixture(scope="session")
+async def url(app: Starlette) -> AsyncIterator[str]:
+    async with served(app) as address:
+        yield address
+
+
+async def new_thread(api: Api, **fields: Any) -> str:
+    thread_id = new_uuid()
+    await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "first", **fields})
+    return thread_id
+
+
+async def new_step(api: Api, thread_id: str, **fields: Any) -> str:
+    step_id = new_uuid()
+    await api.ok(
+        UPSERT_STEP,
+        i={"id": step_id, "threadId": thread_id, "name": "reply", "type": "assistant_message", **fields},
+    )
+    return step_id
+
+
+async def test_every_kind_of_event_of_a_thread_arrives_in_order_then_completes(api: Api, url: str) -> None:
+    thread_id = await new_thread(api)
+    async with live_client(url) as client:
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
+        await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "renamed"})
+        step_id = await new_step(api, thread_id)
+        await api.ok(APPEND, id=step_id, d="Hel")
+        await api.ok(APPEND, id=step_id, d="lo ✓")
+        await api.ok(UPSERT_STEP, i={"id": step_id, "isError": True})
+        feedback = await api.ok(
+            "mutation($i: FeedbackInput!) { upsertFeedback(input: $i) { id } }",
+            i={"forId": step_id, "value": 1},
+        )
+        feedback_id = feedback["upsertFeedback"]["id"]
+        await api.ok("mutation($id: ID!) { deleteFeedback(id: $id) { id } }", id=feedback_id)
+        element = await api.ok(
+            "mutation($i: ElementInput!) { createElement(input: $i) { id } }",
+            i={"threadId": thread_id, "name": "logo", "url": "https://example.com/logo.png", "type": "image"},
+        )
+        element_id = element["createElement"]["id"]
+        await api.ok("mutation($id: ID!) { deleteElement(id: $id) { id } }", id=element_id)
+        await api.ok("mutation($id: ID!) { deleteStep(id: $id) { id } }", id=step_id)
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+
+        events = await client.events(11)
+        kinds = [event["kind"] for event in events]
+        assert kinds == [
+            "THREAD_UPDATED",
+            "STEP_CREATED",
+            "STEP_OUTPUT_APPENDED",
+            "STEP_OUTPUT_APPENDED",
+            "STEP_UPDATED",
+            "FEEDBACK_UPSERTED",
+            "FEEDBACK_DELETED",
+            "ELEMENT_CREATED",
+            "ELEMENT_DELETED",
+            "STEP_DELETED",
+            "THREAD_DELETED",
+        ], kinds
+        assert events[0]["thread"] == {"id": thread_id, "name": "renamed"}
+        assert [event["delta"] for event in events[2:4]] == ["Hel", "lo ✓"]
+        assert events[5]["feedback"] is None or events[5]["feedback"]["id"] == feedback_id
+        assert events[6]["deletedId"] == feedback_id
+        assert events[8]["deletedId"] == element_id
+        assert events[9]["deletedId"] == step_id and events[9]["step"] is None
+        assert events[10]["deletedId"] == thread_id and events[10]["thread"] is None
+        assert all(event["threadId"] == thread_id for event in events)
+        assert len({event["cursor"] for event in events}) == len(events)
+        completed = await client.receive()
+        assert completed == {"id": "s1", "type": "complete"}
+
+
+async def test_the_event_carries_the_current_state(api: Api, url: str) -> None:
+    thread_id = await new_thread(api)
+    async with live_client(url) as client:
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
+        step_id = await new_step(api, thread_id, output="partial")
+        event = await client.next_event()
+        assert event["kind"] == "STEP_CREATED"
+        assert event["step"]["id"] == step_id
+
+
+async def test_the_sidebar_feed_sees_threads_created_renamed_active_and_deleted(api: Api, url: str) -> None:
+    user = await api.ok('mutation { upsertUser(input: {identifier: "sidebar@example.com"}) { id } }')
+    user_id = user["upsertUser"]["id"]
+    async with live_client(url) as client:
+        await until_live(client, api, await client.subscribe(USER_THREAD_EVENTS, u=user_id), user_id=user_id)
+        thread_id = await new_thread(api, userId=user_id)
+        await new_thread(api)  # someone else's: not in this list
+        await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "renamed"})
+        await asyncio.sleep(0.01)  # updatedAt moves by at least a millisecond
+        await new_step(api, thread_id)
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        events = await client.events(3)
+        assert [event["kind"] for event in events] == [
+            "THREAD_CREATED",
+            "THREAD_UPDATED",
+            "THREAD_UPDATED",  # a step was written: the thread moves to the top
+        ]
+        assert events[1]["thread"]["name"] == "renamed"
+        # Deleting its steps first may move it once more, in the same transaction.
+        last = await client.next_event()
+        while last["kind"] == "THREAD_UPDATED":
+            last = await client.next_event()
+        assert last["kind"] == "THREAD_DELETED" and last["deletedId"] == thread_id
+
+
+async def test_resume_after_a_disconnect_while_concurrent_writers_append(api: Api, url: str) -> None:
+    """No gap, no duplicate at the seam; deltas in cursor order spell the stored output."""
+    thread_id = await new_thread(api)
+    step_id = await new_step(api, thread_id, output="")
+    writers, appends_each = 4, 15
+
+    async def writer(number: int) -> None:
+        for index in range(appends_each):
+            await api.ok(APPEND, id=step_id, d=f"[{number}.{index}]")
+
+    received: list[dict[str, Any]] = []
+    async with live_client(url) as client:
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
+        writing = asyncio.gather(*(writer(number) for number in range(writers)))
+        received.extend(await client.events(10))
+    # Disconnected while the writers go on; resume from the last cursor received.
+    await asyncio.sleep(0.05)
+    async with live_client(url) as client:
+        await client.subscribe(THREAD_EVENTS, t=thread_id, after=received[-1]["cursor"])
+        while len(received) < writers * appends_each:
+            received.append(await client.next_event())
+        await writing
+        await asyncio.sleep(0.3)
+        await api.ok(APPEND, id=step_id, d="!")
+        last = await client.next_event()
+    assert last["delta"] == "!"
+    cursors = [event["cursor"] for event in received]
+    assert len(set(cursors)) == len(cursors)
+    deltas = [event["delta"] for event in received]
+    assert sorted(deltas) == sorted(f"[{n}.{i}]" for n in range(writers) for i in range(appends_each))
+    stored = await api.ok("query($id: ID!) { step(id: $id) { output } }", id=step_id)
+    assert "".join(deltas) + "!" == stored["step"]["output"]
+
+
+async def test_a_thread_one_cannot_read_is_not_found(api: Api, url: str) -> None:
+    async with live_client(url) as client:
+        await client.subscribe(THREAD_EVENTS, t=new_uuid())
+        message = await client.receive()
+    assert message["type"] == "error"
+    assert message["payload"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_a_cursor_older_than_the_retention_is_expired(api: Api, url: str) -> None:
+    thread_id = await new_thread(api)
+    async with live_client(url) as client:
+        await client.subscribe(
+            THREAD_EVENTS, t=thread_id, after=encode_event_cursor(1, "2020-01-01T00:00:00.000Z")
+        )
+        message = await client.receive()
+        assert message["payload"][0]["extensions"]["code"] == "CURSOR_EXPIRED"
+        await client.subscribe(THREAD_EVENTS, t=thread_id, after="not a cursor")
+        message = await client.receive()
+        assert message["payload"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_the_legacy_graphql_ws_protocol(api: Api, url: str) -> None:
+    thread_id = await new_thread(api)
+    async with live_client(url, legacy=True) as client:
+        subscription_id = await client.subscribe(THREAD_EVENTS, t=thread_id)
+        await until_live(client, api, subscription_id, thread_id=thread_id)
+        step_id = await new_step(api, thread_id)
+        await api.ok(APPEND, id=step_id, d="hi")
+        events = await client.events(2)
+        assert [event["kind"] for event in events] == ["STEP_CREATED", "STEP_OUTPUT_APPENDED"]
+        await client.send({"id": subscription_id, "type": "stop"})
+        assert await client.receive() == {"id": subscription_id, "type": "complete"}
+
+
+async def test_a_write_committing_after_a_later_one_is_not_skipped(
+    api: Api, url: str, db: Database, backend: str
+) -> None:
+    """The sequence-before-commit trap: T1 records its event first but commits last; a reader
+    that went past T2's event must still get T1's, after it, with a higher cursor."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a transaction cannot commit past another")
+    # Two threads (a step write locks its thread's row): one hub position for both.
+    slow_thread, fast_thread = await new_thread(api), await new_thread(api)
+    slow_step, fast_step = (
+        await new_step(api, slow_thread, output=""),
+        await new_step(api, fast_thread, output=""),
+    )
+    async with live_client(url) as client:
+        await until_live(
+            client, api, await client.subscribe(THREAD_EVENTS, t=slow_thread), thread_id=slow_thread
+        )
+        await until_live(
+            client, api, await client.subscribe(THREAD_EVENTS, t=fast_thread), thread_id=fast_thread
+        )
+        async with db.transaction() as session:
+            await session.execute(
+                sa.text("UPDATE steps SET output = output || 'slow' WHERE id = :id"), {"id": slow_step}
+            )
+            await api.ok(APPEND, id=fast_step, d="fast")
+            fast = await client.next_event()
+            assert (fast["kind"], fast["delta"]) == ("STEP_OUTPUT_APPENDED", "fast")
+            await asyncio.sleep(0.2)  # the hub has read past the fast event
+        slow = await client.next_event()  # committed now
+        assert (slow["step"]["id"], slow["delta"]) == (slow_step, "slow")
+    assert decode_event_cursor(slow["cursor"]).position > decode_event_cursor(fast["cursor"]).position
+
+
+async def test_writes_of_another_program_produce_events(api: Api, url: str, db: Database) -> None:
+    """A Chainlit app writing the same database with its own SQL: the triggers record its writes."""
+    thread_id = await new_thread(api)
+    async with live_client(url) as client:
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
+        async with db.transaction() as session:
+            await session.execute(
+                sa.text(
+                    'INSERT INTO steps (id, name, type, "threadId", streaming, output, "createdAt") '
+                    "VALUES (:id, 'chainlit', 'run', :thread, false, 'direct', '2026-01-01T00:00:00.000Z')"
+                ),
+                {"id": new_uuid(), "thread": thread_id},
+            )
+        event = await client.next_event()  # the poll (SQLite) or NOTIFY (PostgreSQL) finds it
+        assert event["kind"] == "STEP_CREATED" and event["step"]["output"] == "direct"
+
+
+@pytest.fixture(scope="session")
+async def secured_url(secured_app: Starlette) -> AsyncIterator[str]:
+    async with served(secured_app) as address:
+        yield address
+
+
+BEARER = {"Authorization": f"Bearer {TEST_API_KEY}"}
+
+
+async def test_subscriptions_follow_the_read_rules_of_queries(secured_api: Api, secured_url: str) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    alice = (await backend.ok('mutation { upsertUser(input: {identifier: "alice@live"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@live"}) { id } }'))["upsertUser"][
+        "id"
+    ]
+    alices = await new_thread(backend, userId=alice)
+    bobs = await new_thread(backend, userId=bob)
+    shared = await new_thread(backend, userId=bob, metadata={"is_shared": True})
+    alice_token = {"Authorization": f"Bearer {user_token('alice@live')}"}
+
+    async def refusal(query: str, headers: dict[str, str], **variables: Any) -> str:
+        async with live_client(secured_url, init=headers) as client:
+            await client.subscribe(query, **variables)
+            message = await client.receive()
+        assert message["type"] == "error", message
+        code: str = message["payload"][0]["extensions"]["code"]
+        return code
+
+    assert await refusal(THREAD_EVENTS, alice_token, t=bobs) == "NOT_FOUND"
+    assert await refusal(USER_THREAD_EVENTS, alice_token, u=bob) == "NOT_FOUND"
+    assert await refusal(USER_THREAD_EVENTS, BEARER) == "BAD_USER_INPUT"  # an API key has no list
+    # Credentials in connection_init's payload (browsers) or on the upgrade request.
+    async with live_client(secured_url, init=alice_token) as client:
+        own = await client.subscribe(THREAD_EVENTS, t=alices)
+        watched = await client.subscribe(THREAD_EVENTS, t=shared)  # shared: readable, so watchable
+        listed = await client.subscribe(USER_THREAD_EVENTS)  # her own list
+        await until_live(client, backend, own, thread_id=alices)
+        await until_live(client, backend, watched, thread_id=shared)
+        await until_live(client, backend, listed, user_id=alice)  # last: the step probes moved her list
+        await backend.ok(UPSERT_THREAD, i={"id": bobs, "name": "not for alice"})
+        await backend.ok(UPSERT_THREAD, i={"id": shared, "name": "shared news"})
+        await backend.ok(UPSERT_THREAD, i={"id": alices, "name": "hers"})
+        seen = sorted([await client.next_with_id() for _ in range(3)], key=lambda item: item[0])
+        assert [(subscription, event["thread"]["name"]) for subscription, event in seen] == [
+            (own, "hers"),
+            (watched, "shared news"),
+            (listed, "hers"),
+        ]
+    async with live_client(secured_url, headers=BEARER) as client:
+        subscription = await client.subscribe(USER_THREAD_EVENTS, u=bob)  # API keys: any user's list
+        await until_live(client, backend, subscription, user_id=bob)
+        await backend.ok(UPSERT_THREAD, i={"id": bobs, "name": "for bob"})
+        assert (await client.next_event())["threadId"] == bobs
+
+
+async def test_sockets_without_valid_credentials_are_closed(secured_api: Api, secured_url: str) -> None:
+    async with live_client(secured_url, acknowledge=False) as client:
+        await client.send({"type": "connection_init"})
+        closed = await client.closed()
+        assert closed.code == 4401
+    async with live_client(
+        secured_url, acknowledge=False, headers={"Authorization": "Bearer gw_wrong"}
+    ) as client:
+        await client.send({"type": "connection_init"})
+        assert (await client.closed()).code == 4403
+    async with live_client(secured_url, acknowledge=False) as client:
+        await client.subscribe(THREAD_EVENTS, t=new_uuid())  # before connection_init
+        assert (await client.closed()).code == 4401
+
+
+async def test_an_expired_token_ends_its_subscriptions(secured_api: Api, secured_url: str) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    await backend.ok('mutation { upsertUser(input: {identifier: "brief@live"}) { id } }')
+    token = {"Authorization": f"Bearer {user_token('brief@live', lifetime=1)}"}
+    async with live_client(secured_url, init=token) as client:
+        await client.subscribe(USER_THREAD_EVENTS)
+        closed = await client.closed(wait=5)
+    assert closed.code == 4403 and "expired" in closed.reason
+
+
+async def test_a_revoked_key_ends_its_subscriptions(database_url: str, db: Database) -> None:
+    key = new_api_key()
+    async with db.transaction() as session:
+        await api_keys.create_api_key(
+            session,
+            name=f"live-{new_uuid()}",
+            key_hash=hash_api_key(key),
+            prefix=api_key_prefix(key),
+            now=utc_now(),
+        )
+    settings = secured_settings(database_url, subscription_auth_recheck_seconds=0.2)
+    async with (
+        running(settings) as application,
+        served(application) as address,
+        live_client(address, init={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        await client.subscribe(THREAD_EVENTS, t=new_uuid())
+        assert (await client.receive())["payload"][0]["extensions"]["code"] == "NOT_FOUND"
+        async with db.transaction() as session:
+            stored = await api_keys.find_live_key(session, key_hash=hash_api_key(key))
+            assert stored is not None
+            await api_keys.revoke_api_key(session, name_or_id=stored.id, now=utc_now())
+        closed = await client.closed(wait=5)
+    assert closed.code == 4403
+
+
+async def test_the_python_client_follows_a_thread_over_server_sent_events(api: Api, url: str) -> None:
+    thread_id = await new_thread(api)
+    step_id = await new_step(api, thread_id, output="")
+    http_url = url.replace("ws://", "http://")
+    async with GatewayClient(http_url) as gateway:
+        received: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async for event in gateway.subscribe(thread_id=thread_id):
+                received.append(event)
+
+        async def until(condition: Any) -> None:
+            for _ in range(100):
+                if condition():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(received)
+
+        following = asyncio.create_task(follow())
+        for _attempt in range(20):  # live once a probe step's deletion arrives
+            probe = await new_step(api, thread_id)
+            await api.ok("mutation($id: ID!) { deleteStep(id: $id) { id } }", id=probe)
+            with contextlib.suppress(AssertionError):
+                await until(lambda: any(event["deletedId"] == probe for event in received))  # noqa: B023
+                break
+        received.clear()
+        await api.ok(APPEND, id=step_id, d="one ")
+        await api.ok(APPEND, id=step_id, d="two ")
+        await until(lambda: len(received) == 2)
+        following.cancel()
+        await api.ok(APPEND, id=step_id, d="three")  # while nobody listens
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        # Resumed from the last cursor: the missed delta, then the deletion, then the end.
+        async for event in gateway.subscribe(thread_id=thread_id, after=received[-1]["cursor"]):
+            received.append(event)
+        assert [event["delta"] for event in received[:3]] == ["one ", "two ", "three"]
+        assert received[-1]["kind"] == "THREAD_DELETED"
+        with pytest.raises(ClientError) as refused:  # gone, and no cursor to resume from
+            async for _event in gateway.subscribe(thread_id=thread_id):
+                pass
+        assert refused.value.code == "NOT_FOUND"
+
+
+async def test_server_sent_events_by_hand(api: Api, url: str) -> None:
+    """graphql-sse's distinct connections mode, as a browser's EventSource-like client sends it."""
+    thread_id = await new_thread(api)
+    http_url = url.replace("ws://", "http://")
+    body = {"query": THREAD_EVENTS, "variables": {"t": thread_id}}
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream("POST", http_url, json=body, headers={"Accept": "text/event-stream"}) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        assert await anext(lines) == ": subscribed"
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        seen = [line async for line in lines if line]
+    assert seen[0] == "event: next"
+    assert json.loads(seen[1].removeprefix("data: "))["data"]["threadEvents"]["kind"] == "THREAD_DELETED"
+    assert seen[2:] == ["event: complete", "data:"]
+
+
+async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(database_url: str, api: Api) -> None:
+    settings = Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        reaper_interval_seconds=QUIET_REAPER,
+        subscription_buffer=4,
+    )
+    thread_id = await new_thread(api)
+    step_id = await new_step(api, thread_id, output="")
+    chunk, appends = "x" * 128 * 1024, 12
+    async with running(settings) as application, served(application) as address:
+        stalled = StalledClient(address)
+        async with live_client(address, max_size=2**26) as healthy:
+            await until_live(
+                healthy, api, await healthy.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id
+            )
+            await stalled.open(THREAD_EVENTS, t=thread_id)
+            await asyncio.sleep(0.5)  # no probe: it reads nothing until the end
+            for _ in range(appends):  # each event carries the whole output so far: megabytes
+                await api.ok(APPEND, id=step_id, d=chunk)
+            assert len(await healthy.events(appends)) == appends  # the others are not held up
+        messages, code, reason = await stalled.read_to_the_end()
+        assert code == 1013 and "cursor" in reason
+        received = [
+            next(iter(item["payload"]["data"].values())) for item in messages if item["type"] == "next"
+        ]
+        assert len(received) < appends
+        async with live_client(address, max_size=2**26) as resumed:
+            await resumed.subscribe(THREAD_EVENTS, t=thread_id, after=received[-1]["cursor"])
+            received.extend(await resumed.events(appends - len(received)))
+    assert [event["delta"] for event in received] == [chunk] * appends
+
+
+async def test_events_older_than_the_retention_are_pruned_and_their_cursors_expire(
+    database_url: str, api: Api, db: Database
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        reaper_interval_seconds=QUIET_REAPER,
+        event_retention=timedelta(seconds=1),
+        event_poll_seconds=0.2,
+    )
+    thread_id = await new_thread(api)
+    async with (
+        running(settings) as application,
+        served(application) as address,
+        live_client(address) as client,
+    ):
+        await until_live(client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id)
+        await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "soon forgotten"})
+        cursor = (await client.next_event())["cursor"]
+        count = sa.text('SELECT count(*) FROM gateway_thread_events WHERE "threadId" = :t')
+        for _ in range(50):  # the background task prunes what is older than a second
+            await asyncio.sleep(0.1)
+            async with db.session() as session:
+                if await session.scalar(count, {"t": thread_id}) == 0:
+                    break
+        else:
+            raise AssertionError("the events were not pruned")
+        await client.subscribe(THREAD_EVENTS, t=thread_id, after=cursor)
+        message = await client.receive()
+    assert message["payload"][0]["extensions"]["code"] == "CURSOR_EXPIRED"
+
+
+async def test_a_subscription_sent_as_a_plain_request_says_where_to_go(api: Api) -> None:
+    error = await api.error(THREAD_EVENTS, t=new_uuid())
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "WebSocket" in error["message"]
