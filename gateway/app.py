@@ -42,7 +42,7 @@ from gateway.migrate import upgrade_database
 from gateway.observability import ObserveRequests, count_statements, current_record
 from gateway.ratelimit import RateLimiter
 from gateway.reaper import ObjectReaper
-from gateway.storage import FILES_ROUTE, LocalStore, S3Timeouts, content_disposition, open_store
+from gateway.storage import FILES_ROUTE, LocalStore, configured_store, content_disposition
 from gateway.timestamps import utc_now
 from gateway.tracing import instrument, tracing_enabled
 from gateway.validation import loads_strict
@@ -425,13 +425,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url)
     auth = Authenticator(settings, db)
-    secret = settings.url_signing_secret
-    store = open_store(
-        settings.storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        signing_secret=secret.get_secret_value().encode() if secret else None,
-        s3_timeouts=S3Timeouts(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
-    )
+    store = configured_store(settings)
     reaper = ObjectReaper(
         db, store, interval=settings.reaper_interval_seconds, retention_days=settings.retention_days
     )

@@ -247,17 +247,11 @@ async def _operator_tools(settings: Settings) -> AsyncIterator[tuple["Database",
     the gateway configured by the same settings uses them."""
     from gateway.database import Database
     from gateway.migrate import upgrade_database
-    from gateway.storage import S3Timeouts, open_store
+    from gateway.storage import configured_store
 
     if settings.auto_migrate:
         await upgrade_database(settings.database_url)
-    secret = settings.url_signing_secret
-    store = open_store(
-        settings.storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        signing_secret=secret.get_secret_value().encode() if secret else None,
-        s3_timeouts=S3Timeouts(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
-    )
+    store = configured_store(settings)
     db = Database(settings.database_url)
     try:
         yield db, store

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlparse
 
 import aioboto3
@@ -27,6 +27,9 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from gateway.errors import PayloadTooLarge
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 READ_CHUNK = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024  # S3 parts (at least 5 MiB but the last); also the single-PUT threshold
@@ -368,6 +371,17 @@ class S3Store(ObjectStore):
             params["ContentType"] = mime
         url: str = await client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
         return UploadTarget(url, {"Content-Type": mime} if mime else {}, int(time.time()) + expires_in)
+
+
+def configured_store(settings: "Settings") -> "ObjectStore":
+    """The object store the settings name (GATEWAY_STORAGE_URL and its S3 options)."""
+    secret = settings.url_signing_secret
+    return open_store(
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        signing_secret=secret.get_secret_value().encode() if secret else None,
+        s3_timeouts=S3Timeouts(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
+    )
 
 
 def open_store(
