@@ -137,6 +137,14 @@ class EventHub:
                 logger.exception("reading the event log failed; retrying in %s s", self.poll_seconds)
 
     async def read_new_events(self) -> None:
+        if not self._threads and not self._users:
+            # Nobody here watches: move past what is there without reading it (every write wakes
+            # the hub, and on SQLite reading its events for no one cost a write a tenth of its CPU).
+            async with self.db.session() as session:
+                latest = await thread_events.latest_position(session)
+            if not self._threads and not self._users:  # else someone started watching meanwhile
+                self.position = max(self.position, latest)
+                return
         while True:
             async with self.db.session() as session:
                 batch = await thread_events.events_after(session, after=self.position, limit=READ_BATCH)

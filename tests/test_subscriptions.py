@@ -102,6 +102,27 @@ async def test_every_kind_of_event_of_a_thread_arrives_in_order_then_completes(a
         assert completed == {"id": "s1", "type": "complete"}
 
 
+async def test_a_subscription_without_after_starts_at_its_start(api: Api, url: str) -> None:
+    """What was written before anyone watched is not replayed to a subscription without `after`,
+    however the process's event hub skipped over it."""
+    thread_id = await new_thread(api)
+    for _ in range(3):
+        await new_step(api, thread_id, name="before")
+    async with live_client(url) as client:
+        subscription_id = await client.subscribe(THREAD_EVENTS, t=thread_id)
+        probes: list[str] = []
+        for _attempt in range(40):  # a subscription starts a moment after its message is sent
+            probes.append(await new_step(api, thread_id, name="probe"))
+            with contextlib.suppress(TimeoutError):
+                received, event = await client.next_with_id(wait=0.5)
+                break
+        else:
+            raise AssertionError("the subscription never went live")
+    assert received == subscription_id
+    assert event["kind"] == "STEP_CREATED"
+    assert event["step"]["id"] in probes, event
+
+
 async def test_the_event_carries_the_current_state(api: Api, url: str) -> None:
     thread_id = await new_thread(api)
     async with live_client(url) as client:
