@@ -60,11 +60,12 @@ class Database:
             # (two round trips, and as much of PostgreSQL's time as a small statement): each
             # statement is its own transaction. Reads lose nothing by it: at READ COMMITTED every
             # statement of a transaction takes a snapshot of its own anyway.
-            statements = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._reads = async_sessionmaker(statements, expire_on_commit=False, autoflush=False)
-            self._one_statement_writes = async_sessionmaker(
-                statements, expire_on_commit=False, autoflush=False
+            statements = async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+                autoflush=False,
             )
+            self._reads = self._one_statement_writes = statements
         else:
             # SQLite: a read transaction is one snapshot (WAL) for all its statements; writes keep
             # BEGIN IMMEDIATE, which orders the writers of several processes.

@@ -74,11 +74,14 @@ class UnitOfWork:
     # Called after each commit (e.g. the event hub's kick: read the new events now).
     on_commit: list[Callable[[], None]] = field(default_factory=list)
     _objects_to_delete: bool = field(default=False, init=False)
+    _one_statement: bool = field(default=False, init=False)
     # A write committed (the compiled path may then not run the request again).
     committed: bool = field(default=False, init=False)
 
     async def forget_objects(self, session: AsyncSession, object_keys: list[str]) -> None:
         """Delete these stored objects once the transaction commits (and retry until done)."""
+        if self._one_statement:  # the outbox row would commit apart from the write
+            raise RuntimeError("a one-statement write cannot queue object deletions")
         if object_keys and self.attachments is not None:
             await object_deletions.enqueue_deletions(
                 session, object_keys=object_keys, store=self.attachments.store.location, now=utc_now()
@@ -94,6 +97,7 @@ class UnitOfWork:
         records belongs in that statement or its triggers (as the event log's do).
         """
         body_done = False
+        self._one_statement = one_statement
         try:
             async with self.db.transaction(one_statement=one_statement) as session:
                 yield session
@@ -123,6 +127,7 @@ class UnitOfWork:
             raise ServiceUnavailable(OUTAGE_MESSAGE + " (nothing was written)", outcome="none") from error
         finally:
             self._objects_to_delete = False
+            self._one_statement = False
 
 
 def retryable_conflict(error: Exception) -> Exception:
