@@ -41,6 +41,7 @@ from gateway.tables import ThreadEvent
 from resolvers.context import GatewayContext, is_outage
 from resolvers.limits import Limits
 from resolvers.subscriptions import (
+    FinalRendering,
     PreparedSubscription,
     SelectionGroup,
     SubscriptionRefused,
@@ -126,7 +127,9 @@ class LiveSubscription:
             return  # already sent (the replay and the live feed meet here)
         self.last_position = event.position
         self.outbox.put(self.frame_next(self.id, rendered))
-        if self.completes_on_delete and event.kind == ThreadEventKind.THREAD_DELETED.value:
+        if isinstance(rendered, FinalRendering) or (
+            self.completes_on_delete and event.kind == ThreadEventKind.THREAD_DELETED.value
+        ):
             self.on_complete(self)
 
 

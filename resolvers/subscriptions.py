@@ -32,6 +32,7 @@ from graphql.execution.values import get_argument_values
 from gateway import tables
 from gateway.auth import CallerKind
 from gateway.data import thread_events, threads
+from gateway.data.access import Access
 from gateway.errors import BadUserInput, CursorExpired, GatewayError, NotFound
 from gateway.jsonops import to_json_bytes
 from gateway.timestamps import parse_timestamp
@@ -179,6 +180,10 @@ class Feed:
     key: str
 
 
+class FinalRendering(str):
+    """A rendering that ends its subscription once sent: the caller can no longer read the thread."""
+
+
 @dataclass(eq=False)
 class SelectionGroup:
     """Subscribers with one selection and one caller: each event is rendered once for all."""
@@ -189,6 +194,9 @@ class SelectionGroup:
 
     async def render(self, event: tables.ThreadEvent) -> str:
         """The event as the `payload` of a `next` message: `{"data": ...}` as JSON bytes."""
+        if not await self._still_readable(event):
+            gone = NotFound(f"thread {event.threadId} not found")
+            return FinalRendering(to_json_bytes({"data": None, "errors": [error_payload(gone)]}).decode())
         # Fresh loaders: the current state of what the event names, not what an earlier one read.
         self.context.reset_loaders()
         result = execute_subscription_event(
@@ -197,6 +205,18 @@ class SelectionGroup:
         if not isinstance(result, ExecutionResult):
             result = await result
         return to_json_bytes(format_result(result, self.context.request_id)).decode()
+
+    async def _still_readable(self, event: tables.ThreadEvent) -> bool:
+        """Whether the caller may still read the event's thread, rechecked on every change of the
+        thread itself (a new owner, no longer shared): the events after it are not theirs to see.
+        A thread deleted since stays readable here: its THREAD_DELETED event ends the feed."""
+        access = self.context.access
+        if access.everything or event.kind != ThreadEventKind.THREAD_UPDATED.value or event.activity:
+            return True
+        async with self.context.db.session() as session:
+            if await threads.get_threads_by_ids(session, ids=[event.threadId], access=access):
+                return True
+            return not await threads.get_threads_by_ids(session, ids=[event.threadId], access=Access())
 
 
 @dataclass

@@ -515,3 +515,26 @@ async def test_a_subscription_sent_as_a_plain_request_says_where_to_go(api: Api)
     error = await api.error(THREAD_EVENTS, t=new_uuid())
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
     assert "WebSocket" in error["message"]
+
+
+async def test_a_thread_that_stops_being_readable_ends_its_subscription(
+    secured_api: Api, secured_url: str
+) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@unshared"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    await backend.ok('mutation { upsertUser(input: {identifier: "carol@unshared"}) { id } }')
+    shared = await new_thread(backend, userId=bob, metadata={"is_shared": True})
+    step = await new_step(backend, shared, output="")
+    carol_token = {"Authorization": f"Bearer {user_token('carol@unshared')}"}
+    async with live_client(secured_url, init=carol_token) as client:
+        watched = await client.subscribe(THREAD_EVENTS, t=shared)
+        await until_live(client, backend, watched, thread_id=shared)
+        await backend.ok(UPSERT_THREAD, i={"id": shared, "metadata": {"is_shared": False}})
+        await backend.ok(APPEND, id=step, d="private words")
+        ended = await client.receive()
+        assert ended["type"] == "next" and ended["id"] == watched, ended
+        assert ended["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+        assert "private words" not in json.dumps(ended)
+        assert await client.receive() == {"id": watched, "type": "complete"}
