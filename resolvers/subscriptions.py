@@ -46,6 +46,7 @@ logger = logging.getLogger("gateway.subscriptions")
 
 REPLAY_BATCH = 500
 CURSOR_PREFIX = "ev1:"
+MAX_POSITION = 2**63 - 1
 
 
 @strawberry.enum(description="What happened to a thread or what is in it.")
@@ -77,7 +78,8 @@ def decode_event_cursor(cursor: str) -> EventCursor:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         position, recorded_at = text.removeprefix(CURSOR_PREFIX).split(":", 1)
-        if not text.startswith(CURSOR_PREFIX) or not position.isdigit():
+        # Positions are 64-bit integers in both databases: a larger one is no event's.
+        if not text.startswith(CURSOR_PREFIX) or not position.isdigit() or int(position) > MAX_POSITION:
             raise ValueError(text)
         return EventCursor(int(position), parse_timestamp(recorded_at))
     except (ValueError, binascii.Error, UnicodeDecodeError):

@@ -538,3 +538,21 @@ async def test_a_thread_that_stops_being_readable_ends_its_subscription(
         assert ended["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
         assert "private words" not in json.dumps(ended)
         assert await client.receive() == {"id": watched, "type": "complete"}
+
+
+async def test_a_cursor_beyond_any_position_is_bad_input(api: Api, url: str) -> None:
+    """A forged cursor's position past what the databases' integers hold: a clear error, not a 500."""
+    thread_id = await new_thread(api)
+    forged = encode_event_cursor(10**30, utc_now())
+    async with live_client(url) as client:
+        await client.subscribe(THREAD_EVENTS, t=thread_id, after=forged)
+        message = await client.receive()
+    assert message["type"] == "error"
+    assert message["payload"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    body = {"query": THREAD_EVENTS, "variables": {"t": thread_id, "after": forged}}
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            url.replace("ws://", "http://"), json=body, headers={"Accept": "text/event-stream"}
+        )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
