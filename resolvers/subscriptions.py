@@ -33,7 +33,7 @@ from gateway import tables
 from gateway.auth import CallerKind
 from gateway.data import thread_events, threads
 from gateway.data.access import Access
-from gateway.errors import BadUserInput, CursorExpired, GatewayError, NotFound
+from gateway.errors import BadUserInput, CursorExpired, GatewayError, NotFound, ServiceUnavailable
 from gateway.jsonops import to_json_bytes
 from gateway.timestamps import parse_timestamp
 from resolvers.context import OUTAGE_MESSAGE, GatewayContext, Info, is_outage
@@ -196,9 +196,17 @@ class SelectionGroup:
 
     async def render(self, event: tables.ThreadEvent) -> str:
         """The event as the `payload` of a `next` message: `{"data": ...}` as JSON bytes."""
-        if not await self._still_readable(event):
-            gone = NotFound(f"thread {event.threadId} not found")
-            return FinalRendering(to_json_bytes({"data": None, "errors": [error_payload(gone)]}).decode())
+        ending: GatewayError | None = None
+        try:
+            if not await self._still_readable(event):
+                ending = NotFound(f"thread {event.threadId} not found")
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            # Neither delivered nor skipped: the subscription ends, retryable; resuming rechecks.
+            ending = ServiceUnavailable(OUTAGE_MESSAGE)
+        if ending is not None:
+            return FinalRendering(to_json_bytes({"data": None, "errors": [error_payload(ending)]}).decode())
         # Fresh loaders: the current state of what the event names, not what an earlier one read.
         self.context.reset_loaders()
         result = execute_subscription_event(
