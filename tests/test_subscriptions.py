@@ -556,3 +556,28 @@ async def test_a_cursor_beyond_any_position_is_bad_input(api: Api, url: str) -> 
         )
     assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_an_expired_token_ends_its_server_sent_events(secured_api: Api, secured_url: str) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    user = (await backend.ok('mutation { upsertUser(input: {identifier: "brief@sse"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    thread_id = await new_thread(backend, userId=user)
+    token = {"Authorization": f"Bearer {user_token('brief@sse', lifetime=1)}"}
+    body = {"query": THREAD_EVENTS, "variables": {"t": thread_id}}
+    async with (
+        httpx.AsyncClient(timeout=10) as http,
+        http.stream(
+            "POST",
+            secured_url.replace("ws://", "http://"),
+            json=body,
+            headers={"Accept": "text/event-stream", **token},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        seen = [line async for line in response.aiter_lines() if line and not line.startswith(":")]
+    assert seen[0] == "event: next"
+    error = json.loads(seen[1].removeprefix("data: "))["errors"][0]
+    assert error["extensions"]["code"] == "UNAUTHENTICATED" and "expired" in error["message"]
+    assert seen[2:] == ["event: complete", "data:"]
