@@ -27,6 +27,7 @@ from graphql import (
     execute_subscription_event,
     specified_rules,
 )
+from graphql.execution.collect_fields import collect_fields
 from graphql.execution.values import get_argument_values
 
 from gateway import tables
@@ -330,9 +331,15 @@ async def prepare_subscription(
         raise SubscriptionRefused.of(
             BadUserInput("only subscription operations are served here; send queries and mutations over HTTP")
         )
-    root = next(item for item in operation.selection_set.selections if isinstance(item, FieldNode))
     subscription_type = graphql_schema.subscription_type
     assert subscription_type is not None
+    # The root field as execution finds it: through fragments, and not one skipped by @include/@skip.
+    collected = collect_fields(
+        graphql_schema, built.fragments, built.variable_values, subscription_type, operation
+    ).grouped_field_set
+    if not collected:
+        raise SubscriptionRefused.of(BadUserInput("the subscription selects no field (all are skipped)"))
+    root: FieldNode = next(iter(collected.values()))[0].node
     field_def = subscription_type.fields[root.name.value]
     try:
         arguments = get_argument_values(field_def, root, built.variable_values)

@@ -581,3 +581,25 @@ async def test_an_expired_token_ends_its_server_sent_events(secured_api: Api, se
     error = json.loads(seen[1].removeprefix("data: "))["errors"][0]
     assert error["extensions"]["code"] == "UNAUTHENTICATED" and "expired" in error["message"]
     assert seen[2:] == ["event: complete", "data:"]
+
+
+async def test_a_subscription_selected_through_fragments_is_served(api: Api, url: str) -> None:
+    """GraphQL lets the root field sit in a fragment, or be skipped: served, or a clear error."""
+    thread_id = await new_thread(api)
+    spread = (
+        "subscription($t: ID!) { ...Feed } "
+        "fragment Feed on Subscription { threadEvents(threadId: $t) { kind deletedId } }"
+    )
+    inline = "subscription($t: ID!) { ... on Subscription { threadEvents(threadId: $t) { kind } } }"
+    skipped = "subscription($t: ID!) { threadEvents(threadId: $t) @include(if: false) { kind } }"
+    async with live_client(url) as client:
+        await client.subscribe(spread, t=thread_id)
+        await client.subscribe(inline, t=new_uuid())
+        await client.subscribe(skipped, t=thread_id)
+        refusals = sorted([await client.receive(), await client.receive()], key=lambda item: item["id"])
+        assert [(item["id"], item["payload"][0]["extensions"]["code"]) for item in refusals] == [
+            ("s2", "NOT_FOUND"),
+            ("s3", "GRAPHQL_VALIDATION_FAILED"),  # a root field may not be skipped
+        ]
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        assert await client.next_event() == {"kind": "THREAD_DELETED", "deletedId": thread_id}
