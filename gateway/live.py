@@ -41,6 +41,7 @@ from gateway.tables import ThreadEvent
 from resolvers.context import GatewayContext, is_outage
 from resolvers.limits import Limits
 from resolvers.subscriptions import (
+    FinalRendering,
     PreparedSubscription,
     SelectionGroup,
     SubscriptionRefused,
@@ -126,7 +127,9 @@ class LiveSubscription:
             return  # already sent (the replay and the live feed meet here)
         self.last_position = event.position
         self.outbox.put(self.frame_next(self.id, rendered))
-        if self.completes_on_delete and event.kind == ThreadEventKind.THREAD_DELETED.value:
+        if isinstance(rendered, FinalRendering) or (
+            self.completes_on_delete and event.kind == ThreadEventKind.THREAD_DELETED.value
+        ):
             self.on_complete(self)
 
 
@@ -258,6 +261,24 @@ class LiveService:
     async def authenticate(self, headers: Mapping[str, str], client_host: str | None) -> Caller:
         return await self.auth.authenticate(headers, client_host)
 
+    async def until_credentials_end(
+        self, headers: Mapping[str, str], client_host: str | None
+    ) -> Unauthenticated:
+        """Returns once the credential of these headers is revoked or expired (checked again
+        every `auth_recheck_seconds`, and when a token expires)."""
+        while True:
+            wait = self.settings.auth_recheck_seconds
+            expiry = self.seconds_until_expiry(headers)
+            if expiry is not None:
+                wait = min(wait, expiry + 0.05)
+            await asyncio.sleep(wait)
+            try:
+                await self.authenticate(headers, client_host)
+            except Unauthenticated as error:
+                return error
+            except Exception:  # an outage: keep the subscription, check again later
+                logger.warning("could not check a subscriber's credentials again", exc_info=True)
+
     def seconds_until_expiry(self, headers: Mapping[str, str]) -> float | None:
         """Seconds until the credential's token expires (None: not a token, or no `exp`)."""
         try:
@@ -274,6 +295,14 @@ class LiveService:
         if not isinstance(expiry, int | float):
             return None
         return max(0.0, float(expiry) - time.time() + self.auth.settings.jwt_leeway_seconds)
+
+
+def revocable(caller: Caller) -> bool:
+    """Whether the credential can stop being valid while a subscription is open: a stored key (it
+    can be revoked) or a token (it expires); not open mode, not GATEWAY_API_KEYS (fixed)."""
+    if caller.kind is CallerKind.DEVELOPER:
+        return False
+    return not (caller.kind is CallerKind.BACKEND and caller.name.startswith("GATEWAY_API_KEYS["))
 
 
 def _json(message: dict[str, Any]) -> str:
@@ -409,29 +438,13 @@ class WebSocketSession:
         return True
 
     def _revocable(self) -> bool:
-        """Whether the credential can stop being valid while the socket is open: a stored key (it
-        can be revoked) or a token (it expires); not open mode, not GATEWAY_API_KEYS (fixed)."""
-        caller = self.caller
-        if caller is None or caller.kind is CallerKind.DEVELOPER:
-            return False
-        return not (caller.kind is CallerKind.BACKEND and caller.name.startswith("GATEWAY_API_KEYS["))
+        return self.caller is not None and revocable(self.caller)
 
     async def _recheck_credentials(self) -> None:
         """Close the socket once its key is revoked or its token expires."""
-        while True:
-            wait = self.service.settings.auth_recheck_seconds
-            expiry = self.service.seconds_until_expiry(self.headers)
-            if expiry is not None:
-                wait = min(wait, expiry + 0.05)
-            await asyncio.sleep(wait)
-            client = self.websocket.client
-            try:
-                await self.service.authenticate(self.headers, client.host if client else None)
-            except Unauthenticated as error:
-                await self._close(4403, "Forbidden: " + error.message)
-                return
-            except Exception:  # an outage: keep the socket, check again later
-                logger.warning("could not check a subscriber's credentials again", exc_info=True)
+        client = self.websocket.client
+        error = await self.service.until_credentials_end(self.headers, client.host if client else None)
+        await self._close(4403, "Forbidden: " + error.message)
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -599,12 +612,29 @@ async def serve_sse(service: LiveService, request: Request, caller: Caller, payl
         on_complete=completed,
     )
 
+    credentials_ended: list[Unauthenticated] = []
+
+    async def recheck_credentials() -> None:
+        client = request.client
+        credentials_ended.append(
+            await service.until_credentials_end(request.headers, client.host if client else None)
+        )
+        finished.set()
+        outbox.ready.set()
+
+    rechecks = asyncio.create_task(recheck_credentials()) if revocable(caller) else None
+
     async def stream() -> AsyncIterator[str]:
         try:
             yield ": subscribed\n\n"
             while True:
-                while outbox.messages:
+                while outbox.messages and not credentials_ended:
                     yield outbox.messages.popleft()
+                if credentials_ended:
+                    ended = credentials_ended[0]
+                    error = {"message": ended.message, "extensions": {**ended.extensions, "code": ended.code}}
+                    yield f"event: next\ndata: {_json({'errors': [error]})}\n\n"
+                    break
                 if outbox.overflowed:
                     error = {
                         "message": TOO_SLOW_REASON,
@@ -622,6 +652,8 @@ async def serve_sse(service: LiveService, request: Request, caller: Caller, payl
                     yield ":\n\n"  # keeps proxies from closing an idle stream
             yield "event: complete\ndata:\n\n"
         finally:
+            if rechecks is not None:
+                rechecks.cancel()
             service.stop(subscription)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -27,12 +27,14 @@ from graphql import (
     execute_subscription_event,
     specified_rules,
 )
+from graphql.execution.collect_fields import collect_fields
 from graphql.execution.values import get_argument_values
 
 from gateway import tables
 from gateway.auth import CallerKind
 from gateway.data import thread_events, threads
-from gateway.errors import BadUserInput, CursorExpired, GatewayError, NotFound
+from gateway.data.access import Access
+from gateway.errors import BadUserInput, CursorExpired, GatewayError, NotFound, ServiceUnavailable
 from gateway.jsonops import to_json_bytes
 from gateway.timestamps import parse_timestamp
 from resolvers.context import OUTAGE_MESSAGE, GatewayContext, Info, is_outage
@@ -45,6 +47,7 @@ logger = logging.getLogger("gateway.subscriptions")
 
 REPLAY_BATCH = 500
 CURSOR_PREFIX = "ev1:"
+MAX_POSITION = 2**63 - 1
 
 
 @strawberry.enum(description="What happened to a thread or what is in it.")
@@ -76,7 +79,8 @@ def decode_event_cursor(cursor: str) -> EventCursor:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         position, recorded_at = text.removeprefix(CURSOR_PREFIX).split(":", 1)
-        if not text.startswith(CURSOR_PREFIX) or not position.isdigit():
+        # Positions are 64-bit integers in both databases: a larger one is no event's.
+        if not text.startswith(CURSOR_PREFIX) or not position.isdigit() or int(position) > MAX_POSITION:
             raise ValueError(text)
         return EventCursor(int(position), parse_timestamp(recorded_at))
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -179,6 +183,10 @@ class Feed:
     key: str
 
 
+class FinalRendering(str):
+    """A rendering that ends its subscription once sent: the caller can no longer read the thread."""
+
+
 @dataclass(eq=False)
 class SelectionGroup:
     """Subscribers with one selection and one caller: each event is rendered once for all."""
@@ -189,6 +197,17 @@ class SelectionGroup:
 
     async def render(self, event: tables.ThreadEvent) -> str:
         """The event as the `payload` of a `next` message: `{"data": ...}` as JSON bytes."""
+        ending: GatewayError | None = None
+        try:
+            if not await self._still_readable(event):
+                ending = NotFound(f"thread {event.threadId} not found")
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            # Neither delivered nor skipped: the subscription ends, retryable; resuming rechecks.
+            ending = ServiceUnavailable(OUTAGE_MESSAGE)
+        if ending is not None:
+            return FinalRendering(to_json_bytes({"data": None, "errors": [error_payload(ending)]}).decode())
         # Fresh loaders: the current state of what the event names, not what an earlier one read.
         self.context.reset_loaders()
         result = execute_subscription_event(
@@ -197,6 +216,18 @@ class SelectionGroup:
         if not isinstance(result, ExecutionResult):
             result = await result
         return to_json_bytes(format_result(result, self.context.request_id)).decode()
+
+    async def _still_readable(self, event: tables.ThreadEvent) -> bool:
+        """Whether the caller may still read the event's thread, rechecked on every change of the
+        thread itself (a new owner, no longer shared): the events after it are not theirs to see.
+        A thread deleted since stays readable here: its THREAD_DELETED event ends the feed."""
+        access = self.context.access
+        if access.everything or event.kind != ThreadEventKind.THREAD_UPDATED.value or event.activity:
+            return True
+        async with self.context.db.session() as session:
+            if await threads.get_threads_by_ids(session, ids=[event.threadId], access=access):
+                return True
+            return not await threads.get_threads_by_ids(session, ids=[event.threadId], access=Access())
 
 
 @dataclass
@@ -300,9 +331,15 @@ async def prepare_subscription(
         raise SubscriptionRefused.of(
             BadUserInput("only subscription operations are served here; send queries and mutations over HTTP")
         )
-    root = next(item for item in operation.selection_set.selections if isinstance(item, FieldNode))
     subscription_type = graphql_schema.subscription_type
     assert subscription_type is not None
+    # The root field as execution finds it: through fragments, and not one skipped by @include/@skip.
+    collected = collect_fields(
+        graphql_schema, built.fragments, built.variable_values, subscription_type, operation
+    ).grouped_field_set
+    if not collected:
+        raise SubscriptionRefused.of(BadUserInput("the subscription selects no field (all are skipped)"))
+    root: FieldNode = next(iter(collected.values()))[0].node
     field_def = subscription_type.fields[root.name.value]
     try:
         arguments = get_argument_values(field_def, root, built.variable_values)

@@ -515,3 +515,91 @@ async def test_a_subscription_sent_as_a_plain_request_says_where_to_go(api: Api)
     error = await api.error(THREAD_EVENTS, t=new_uuid())
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
     assert "WebSocket" in error["message"]
+
+
+async def test_a_thread_that_stops_being_readable_ends_its_subscription(
+    secured_api: Api, secured_url: str
+) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@unshared"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    await backend.ok('mutation { upsertUser(input: {identifier: "carol@unshared"}) { id } }')
+    shared = await new_thread(backend, userId=bob, metadata={"is_shared": True})
+    step = await new_step(backend, shared, output="")
+    carol_token = {"Authorization": f"Bearer {user_token('carol@unshared')}"}
+    async with live_client(secured_url, init=carol_token) as client:
+        watched = await client.subscribe(THREAD_EVENTS, t=shared)
+        await until_live(client, backend, watched, thread_id=shared)
+        await backend.ok(UPSERT_THREAD, i={"id": shared, "metadata": {"is_shared": False}})
+        await backend.ok(APPEND, id=step, d="private words")
+        ended = await client.receive()
+        assert ended["type"] == "next" and ended["id"] == watched, ended
+        assert ended["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+        assert "private words" not in json.dumps(ended)
+        assert await client.receive() == {"id": watched, "type": "complete"}
+
+
+async def test_a_cursor_beyond_any_position_is_bad_input(api: Api, url: str) -> None:
+    """A forged cursor's position past what the databases' integers hold: a clear error, not a 500."""
+    thread_id = await new_thread(api)
+    forged = encode_event_cursor(10**30, utc_now())
+    async with live_client(url) as client:
+        await client.subscribe(THREAD_EVENTS, t=thread_id, after=forged)
+        message = await client.receive()
+    assert message["type"] == "error"
+    assert message["payload"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    body = {"query": THREAD_EVENTS, "variables": {"t": thread_id, "after": forged}}
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            url.replace("ws://", "http://"), json=body, headers={"Accept": "text/event-stream"}
+        )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_an_expired_token_ends_its_server_sent_events(secured_api: Api, secured_url: str) -> None:
+    backend = secured_api.with_headers(**BEARER)
+    user = (await backend.ok('mutation { upsertUser(input: {identifier: "brief@sse"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    thread_id = await new_thread(backend, userId=user)
+    token = {"Authorization": f"Bearer {user_token('brief@sse', lifetime=1)}"}
+    body = {"query": THREAD_EVENTS, "variables": {"t": thread_id}}
+    async with (
+        httpx.AsyncClient(timeout=10) as http,
+        http.stream(
+            "POST",
+            secured_url.replace("ws://", "http://"),
+            json=body,
+            headers={"Accept": "text/event-stream", **token},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        seen = [line async for line in response.aiter_lines() if line and not line.startswith(":")]
+    assert seen[0] == "event: next"
+    error = json.loads(seen[1].removeprefix("data: "))["errors"][0]
+    assert error["extensions"]["code"] == "UNAUTHENTICATED" and "expired" in error["message"]
+    assert seen[2:] == ["event: complete", "data:"]
+
+
+async def test_a_subscription_selected_through_fragments_is_served(api: Api, url: str) -> None:
+    """GraphQL lets the root field sit in a fragment, or be skipped: served, or a clear error."""
+    thread_id = await new_thread(api)
+    spread = (
+        "subscription($t: ID!) { ...Feed } "
+        "fragment Feed on Subscription { threadEvents(threadId: $t) { kind deletedId } }"
+    )
+    inline = "subscription($t: ID!) { ... on Subscription { threadEvents(threadId: $t) { kind } } }"
+    skipped = "subscription($t: ID!) { threadEvents(threadId: $t) @include(if: false) { kind } }"
+    async with live_client(url) as client:
+        await client.subscribe(spread, t=thread_id)
+        await client.subscribe(inline, t=new_uuid())
+        await client.subscribe(skipped, t=thread_id)
+        refusals = sorted([await client.receive(), await client.receive()], key=lambda item: item["id"])
+        assert [(item["id"], item["payload"][0]["extensions"]["code"]) for item in refusals] == [
+            ("s2", "NOT_FOUND"),
+            ("s3", "GRAPHQL_VALIDATION_FAILED"),  # a root field may not be skipped
+        ]
+        await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
+        assert await client.next_event() == {"kind": "THREAD_DELETED", "deletedId": thread_id}
