@@ -262,8 +262,10 @@ class ImportRun:
 
     async def _store_objects(self, record: ThreadRecord, stored_keys: list[str]) -> None:
         """Store the elements' bytes (before their rows, as an upload does), under the keys they
-        had, unless the thread is already here in this version or a newer one; each key is added
-        to `stored_keys` before its bytes are sent (a store may keep part of a failed put)."""
+        had, unless the thread is already here in this version or a newer one. Each key that held
+        no object yet is added to `stored_keys` before its bytes are sent (a store may keep part of
+        a failed put); an object that was there (another app's, say) is never this import's to
+        delete."""
         if self.store is None:
             return
         async with self.db.session() as session:
@@ -278,8 +280,9 @@ class ImportRun:
                 element["objectKey"] = (
                     f"{self.store.key_prefix}threads/{record.thread['id']}/elements/{element['id']}"
                 )
-            stored_keys.append(element["objectKey"])
             try:
+                if await self.store.size(element["objectKey"]) is None:
+                    stored_keys.append(element["objectKey"])
                 element["sizeBytes"] = await self.store.put(
                     element["objectKey"], source(), content_type=element.get("mime"), max_bytes=2**62
                 )

@@ -300,7 +300,16 @@ async def test_a_thread_that_fails_leaves_none_of_its_files_in_the_store(
             steps=[{"id": step, "name": "s", "type": "run"}],
             elements=[{"id": element, "name": "notes.txt", "file": "elements/notes"}],
         ),
+        # The same, to a key where the store already holds an object no element names (another
+        # app's, say): that object is not the import's to delete.
+        _line(
+            name="clash over a kept object",
+            steps=[{"id": step, "name": "s", "type": "run"}],
+            elements=[{"id": new_uuid(), "name": "a", "objectKey": "shared/kept", "file": "elements/notes"}],
+        ),
     ]
+    (target_files / "shared").mkdir(parents=True)
+    (target_files / "shared" / "kept").write_bytes(b"not the import's")
     path = tmp_path / "clash.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     storage = f"file://{target_files}"
@@ -309,3 +318,4 @@ async def test_a_thread_that_fails_leaves_none_of_its_files_in_the_store(
     )
     assert result.returncode == 1 and b"belongs to another thread" in result.stderr
     assert [p for p in target_files.rglob("*") if p.is_file() and element in str(p)] == []
+    assert (target_files / "shared" / "kept").is_file()
