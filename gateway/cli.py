@@ -68,6 +68,21 @@ def _database_problem(settings: Settings, error: BaseException) -> str | None:
     return f"cannot use the database {where} (GATEWAY_DATABASE_URL): {detail}"
 
 
+def _retention_days(text: str) -> float:
+    """`--older-than`: a number of days above 0 (0 or less would delete every thread)."""
+    from gateway.config import MAX_RETENTION_DAYS
+
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not 0 < days <= MAX_RETENTION_DAYS:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"{text} days: give a number above 0, at most {MAX_RETENTION_DAYS:,}"
+        )
+    return days
+
+
 def _run_checked(settings: Settings, step: Callable[[], Any]) -> Any:
     """Run a start-up step; a database it cannot use becomes StartFailed (one line)."""
     try:
@@ -551,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         "cannot delete now are retried). GATEWAY_RETENTION_DAYS makes a running gateway do this "
         "continuously.",
     )
-    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--older-than", type=_retention_days, required=True, metavar="DAYS")
     prune.add_argument("--user", metavar="IDENTIFIER", help="only this user's threads")
     prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     prune.set_defaults(run=_prune)

@@ -16,6 +16,8 @@ DATABASE_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
+# Retention of more days than this is a mistake (and a cutoff before year 1 cannot be computed).
+MAX_RETENTION_DAYS = 100_000
 RATE_PERIODS = {"second": 1, "minute": 60, "hour": 3600}
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(second|minute|hour)\s*")
 
@@ -93,6 +95,7 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_RETENTION_DAYS,
         description="delete threads not active for this many days (with their files), continuously",
     )
 

@@ -216,9 +216,10 @@ class ImportRun:
         thread = record.thread
         if thread.get("userId") in self.user_ids:
             thread["userId"] = self.user_ids[thread["userId"]]
+        stored_keys: list[str] = []  # the objects this attempt stored (or began to)
         try:
             if record.objects:
-                await self._store_objects(record)
+                await self._store_objects(record, stored_keys)
             async with self.db.transaction() as session:
                 written = await data.write_thread(
                     session,
@@ -235,6 +236,7 @@ class ImportRun:
         except (GatewayError, StatementError, OSError, ValueError) as error:
             if isinstance(error, DBAPIError) and _connection_lost(error):
                 raise
+            await self._forget_unnamed(stored_keys)
             self.fail_thread(record, where, f"thread {thread.get('id')}: {_problem_text(error)}")
             return
         for kind, tally in (
@@ -245,9 +247,25 @@ class ImportRun:
         ):
             self.tallies[kind].add(tally)
 
-    async def _store_objects(self, record: ThreadRecord) -> None:
+    async def _forget_unnamed(self, object_keys: list[str]) -> None:
+        """The thread was not written: its objects that no stored element names go to the deletion
+        outbox (an older copy of the thread may name some of them: those stay)."""
+        if not object_keys or self.store is None:
+            return
+        async with self.db.transaction() as session:
+            named = await data.object_keys_named(session, object_keys=object_keys)
+            unnamed = [key for key in dict.fromkeys(object_keys) if key not in named]
+            await object_deletions.enqueue_deletions(
+                session, object_keys=unnamed, store=self.store.location, now=utc_now()
+            )
+        self.objects_to_delete = self.objects_to_delete or bool(unnamed)
+
+    async def _store_objects(self, record: ThreadRecord, stored_keys: list[str]) -> None:
         """Store the elements' bytes (before their rows, as an upload does), under the keys they
-        had, unless the thread is already here in this version or a newer one."""
+        had, unless the thread is already here in this version or a newer one. Each key that held
+        no object yet is added to `stored_keys` before its bytes are sent (a store may keep part of
+        a failed put); an object that was there (another app's, say) is never this import's to
+        delete."""
         if self.store is None:
             return
         async with self.db.session() as session:
@@ -263,6 +281,8 @@ class ImportRun:
                     f"{self.store.key_prefix}threads/{record.thread['id']}/elements/{element['id']}"
                 )
             try:
+                if await self.store.size(element["objectKey"]) is None:
+                    stored_keys.append(element["objectKey"])
                 element["sizeBytes"] = await self.store.put(
                     element["objectKey"], source(), content_type=element.get("mime"), max_bytes=2**62
                 )

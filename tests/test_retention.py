@@ -158,6 +158,14 @@ async def test_retention_days_make_the_gateway_prune_continuously(
 async def test_retention_days_must_be_positive(tmp_path: Path) -> None:
     result = await gateway("prune", "--older-than", "1", database_url="sqlite:///x.db", retention_days="0")
     assert result.returncode == 2 and b"GATEWAY_RETENTION_DAYS" in result.stderr
+    # More days than a date can go back would stop the reaper's every round (its objects too).
+    result = await gateway("prune", "--older-than", "1", database_url="sqlite:///x.db", retention_days="1e12")
+    assert result.returncode == 2 and b"GATEWAY_RETENTION_DAYS" in result.stderr
+    # 0 or fewer days would delete every thread, even those active now.
+    for days in ("0", "-3", "nan", "1e12", "soon"):
+        result = await gateway("prune", "--older-than", days, "--dry-run", database_url="sqlite:///x.db")
+        assert result.returncode == 2 and b"--older-than" in result.stderr, result.stderr
+        assert b"Traceback" not in result.stderr
 
 
 DELETE_THREADS = """

@@ -282,3 +282,40 @@ async def test_bad_lines_are_reported_by_number_and_the_rest_imported(
         assert result.returncode == 1 and f"line 1: {reason}".encode() in result.stderr
     result = await gateway("import", str(tmp_path / "missing.jsonl"), database_url=empty_database)
     assert result.returncode == 1 and b"cannot read" in result.stderr
+
+
+async def test_a_thread_that_fails_leaves_none_of_its_files_in_the_store(
+    empty_database: str, tmp_path: Path
+) -> None:
+    files, target_files = tmp_path / "files", tmp_path / "target-store"
+    (files / "elements").mkdir(parents=True)
+    (files / "elements" / "notes").write_bytes(b"orphan?")
+    step, element = new_uuid(), new_uuid()
+    lines = [
+        b'{"format":"conversation-gateway","version":1}',
+        _line(name="first", steps=[{"id": step, "name": "s", "type": "run"}]),
+        # Its bytes are stored before its rows, then its step clashes: the thread writes nothing.
+        _line(
+            name="clash",
+            steps=[{"id": step, "name": "s", "type": "run"}],
+            elements=[{"id": element, "name": "notes.txt", "file": "elements/notes"}],
+        ),
+        # The same, to a key where the store already holds an object no element names (another
+        # app's, say): that object is not the import's to delete.
+        _line(
+            name="clash over a kept object",
+            steps=[{"id": step, "name": "s", "type": "run"}],
+            elements=[{"id": new_uuid(), "name": "a", "objectKey": "shared/kept", "file": "elements/notes"}],
+        ),
+    ]
+    (target_files / "shared").mkdir(parents=True)
+    (target_files / "shared" / "kept").write_bytes(b"not the import's")
+    path = tmp_path / "clash.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    storage = f"file://{target_files}"
+    result = await gateway(
+        "import", str(path), "--files", str(files), database_url=empty_database, storage_url=storage
+    )
+    assert result.returncode == 1 and b"belongs to another thread" in result.stderr
+    assert [p for p in target_files.rglob("*") if p.is_file() and element in str(p)] == []
+    assert (target_files / "shared" / "kept").is_file()

@@ -306,6 +306,12 @@ async def write_thread(
     return written
 
 
+async def object_keys_named(session: AsyncSession, *, object_keys: Sequence[str]) -> set[str]:
+    """Which of these stored objects an element names (one statement)."""
+    statement = sa.select(elements_table.c.objectKey).where(elements_table.c.objectKey.in_(list(object_keys)))
+    return set((await session.execute(statement)).scalars())
+
+
 def _current(stored_activity: str | None, thread: Row) -> bool:
     given = thread.get("updatedAt")
     return stored_activity is not None and given is not None and stored_activity >= given
