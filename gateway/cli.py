@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -319,26 +319,38 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _import_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.transfer import import_jsonl
+
+    with contextlib.ExitStack() as files:
+        if args.source == "-":
+            source, size = sys.stdin.buffer, None
+        else:
+            try:
+                source = files.enter_context(open(args.source, "rb"))  # noqa: ASYNC230 - line by line
+            except OSError as error:
+                print(f"gateway: cannot read {args.source}: {error.strerror}", file=sys.stderr)
+                return 1
+            size = os.fstat(source.fileno()).st_size
+        return await _run_import(
+            settings, "imported", lambda run: import_jsonl(run, source, files=args.files, size=size)
+        )
+
+
+async def _run_import(
+    settings: Settings, summary: str, load: Callable[["ImportRun"], Awaitable[None]]
+) -> int:
+    """An import's run: the database and the store, progress while `load` writes through the
+    run, then the objects it replaced, the summary and the exit status (1 if anything failed)."""
     from gateway.progress import Reporter
-    from gateway.transfer import ImportRun, import_jsonl
+    from gateway.transfer import ImportRun
 
     reporter = Reporter()
     async with _operator_tools(settings) as (db, store):
         run = ImportRun(db, store, reporter)
-        with contextlib.ExitStack() as files:
-            if args.source == "-":
-                source, size = sys.stdin.buffer, None
-            else:
-                try:
-                    source = files.enter_context(open(args.source, "rb"))  # noqa: ASYNC230 - line by line
-                except OSError as error:
-                    print(f"gateway: cannot read {args.source}: {error.strerror}", file=sys.stderr)
-                    return 1
-                size = os.fstat(source.fileno()).st_size
-            with reporter.running():
-                await import_jsonl(run, source, files=args.files, size=size)
+        with reporter.running():
+            await load(run)
         await _delete_orphaned_objects(run, db, store)
-    run.summary("imported")
+    run.summary(summary)
     return 1 if run.problems else 0
 
 
@@ -399,21 +411,12 @@ async def _prune_command(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _import_llm_command(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.importers.llm_logs import default_log_path, import_llm_log
-    from gateway.progress import Reporter
-    from gateway.transfer import ImportRun
 
     path = Path(args.path) if args.path else default_log_path()
     if not path.is_file():
         print(f"gateway: there is no llm log at {path}", file=sys.stderr)
         return 1
-    reporter = Reporter()
-    async with _operator_tools(settings) as (db, store):
-        run = ImportRun(db, store, reporter)
-        with reporter.running():
-            await import_llm_log(run, path)
-        await _delete_orphaned_objects(run, db, store)
-    run.summary(f"imported from {path}")
-    return 1 if run.problems else 0
+    return await _run_import(settings, f"imported from {path}", lambda run: import_llm_log(run, path))
 
 
 def _import_llm(settings: Settings, args: argparse.Namespace) -> int:
@@ -423,8 +426,6 @@ def _import_llm(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _import_dynamodb_command(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.importers.chainlit_dynamodb import DynamoTable, import_chainlit_dynamodb
-    from gateway.progress import Reporter
-    from gateway.transfer import ImportRun
 
     source = DynamoTable(
         args.table,
@@ -433,14 +434,11 @@ async def _import_dynamodb_command(settings: Settings, args: argparse.Namespace)
         s3_endpoint_url=args.s3_endpoint_url,
         bucket=args.bucket,
     )
-    reporter = Reporter()
-    async with _operator_tools(settings) as (db, store):
-        run = ImportRun(db, store, reporter)
-        with reporter.running():
-            await import_chainlit_dynamodb(run, source, copy_objects=args.copy_objects)
-        await _delete_orphaned_objects(run, db, store)
-    run.summary(f"imported from table {args.table}")
-    return 1 if run.problems else 0
+    return await _run_import(
+        settings,
+        f"imported from table {args.table}",
+        lambda run: import_chainlit_dynamodb(run, source, copy_objects=args.copy_objects),
+    )
 
 
 def _import_dynamodb(settings: Settings, args: argparse.Namespace) -> int:
