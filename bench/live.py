@@ -141,6 +141,7 @@ async def fan_out(bases: list[str], args: argparse.Namespace) -> None:
         processes, to_main, _ = start_clients(
             [ws_url(base) for base in bases], thread_id, args.subscribers, args.client_processes, writes
         )
+        print(f"{args.subscribers} subscribed; writing for {args.seconds:.0f} s", flush=True)
         acknowledged: dict[int, float] = {}
         started = time.perf_counter()
         pending = []

@@ -84,6 +84,9 @@ class RequestIdMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _SAFE_REQUEST_ID.fullmatch(given) else new_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        if scope["type"] == "websocket":  # no response headers; and not a wrapper on every event sent
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

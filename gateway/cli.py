@@ -160,6 +160,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         "log_level": settings.log_level.lower(),
         "log_config": None,
         "access_log": False,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings.model_copy(update={"auto_migrate": False})), **server_options)
