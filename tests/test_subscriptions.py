@@ -603,3 +603,70 @@ async def test_a_subscription_selected_through_fragments_is_served(api: Api, url
         ]
         await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
         assert await client.next_event() == {"kind": "THREAD_DELETED", "deletedId": thread_id}
+
+
+async def test_a_thread_given_to_another_user_leaves_the_old_owners_list(
+    secured_api: Api, secured_url: str
+) -> None:
+    """The old owner's list is told the thread is gone from it (THREAD_DELETED, live and on
+    resume), the new owner's list that it changed; the thread's own feed sees no deletion."""
+    backend = secured_api.with_headers(**BEARER)
+    alice = (await backend.ok('mutation { upsertUser(input: {identifier: "alice@moved"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@moved"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    moved = await new_thread(backend, userId=alice)
+    async with live_client(secured_url, headers=BEARER) as client:
+        alices = await client.subscribe(USER_THREAD_EVENTS, u=alice)
+        bobs = await client.subscribe(USER_THREAD_EVENTS, u=bob)
+        feed = await client.subscribe(THREAD_EVENTS, t=moved)
+        await until_live(client, backend, feed, thread_id=moved)
+        await until_live(client, backend, bobs, user_id=bob)
+        await until_live(client, backend, alices, user_id=alice)  # last: the step probes moved her list
+        await backend.ok(UPSERT_THREAD, i={"id": moved, "name": "still alice's"})
+        received = dict([await client.next_with_id() for _ in range(2)])  # her list, the feed
+        before = received[alices]["cursor"]
+        await backend.ok(UPSERT_THREAD, i={"id": moved, "userId": bob})
+        seen = dict([await client.next_with_id() for _ in range(3)])
+        assert seen[alices] == {**seen[alices], "kind": "THREAD_DELETED", "deletedId": moved, "thread": None}
+        assert seen[alices]["threadId"] == moved
+        assert seen[bobs]["kind"] == "THREAD_UPDATED" and seen[bobs]["thread"]["id"] == moved
+        assert seen[feed]["kind"] == "THREAD_UPDATED"  # the thread goes on: no deletion in its feed
+        positions = {key: decode_event_cursor(event["cursor"]).position for key, event in seen.items()}
+        assert positions[alices] < positions[bobs] == positions[feed]  # both databases: the loss first
+    async with live_client(secured_url, headers=BEARER) as client:
+        await client.subscribe(USER_THREAD_EVENTS, u=alice, after=before)
+        replayed = await client.next_event()
+    assert (replayed["kind"], replayed["deletedId"]) == ("THREAD_DELETED", moved)
+    assert replayed["cursor"] == seen[alices]["cursor"]
+
+
+async def test_the_old_owner_cannot_resume_a_thread_given_away(secured_api: Api, secured_url: str) -> None:
+    """Resuming with a cursor from before the owner change is NOT_FOUND, not a replay of what the
+    new owner wrote since (the old owner's list got THREAD_DELETED: the thread's feed did not)."""
+    backend = secured_api.with_headers(**BEARER)
+    alice = (await backend.ok('mutation { upsertUser(input: {identifier: "alice@given"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@given"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    alice_token = {"Authorization": f"Bearer {user_token('alice@given')}"}
+    given = await new_thread(backend, userId=alice)
+    async with live_client(secured_url, init=alice_token) as client:
+        watched = await client.subscribe(THREAD_EVENTS, t=given)
+        await until_live(client, backend, watched, thread_id=given)
+        await backend.ok(UPSERT_THREAD, i={"id": given, "name": "still hers"})
+        cursor = (await client.next_event())["cursor"]
+        await backend.ok(UPSERT_THREAD, i={"id": given, "userId": bob})
+        ended = await client.receive()
+        assert ended["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND", ended
+    await new_step(backend, given, output="bob's private words")
+    async with live_client(secured_url, init=alice_token) as client:
+        await client.subscribe(THREAD_EVENTS, t=given, after=cursor)
+        message = await client.receive()
+    assert message["type"] == "error", message
+    assert message["payload"][0]["extensions"]["code"] == "NOT_FOUND"
+    assert "private" not in json.dumps(message)
