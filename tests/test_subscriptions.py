@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
 from gateway.auth import api_key_prefix, hash_api_key, new_api_key
@@ -21,8 +22,18 @@ from gateway.data import api_keys
 from gateway.database import Database
 from gateway.timestamps import utc_now
 from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
-from tests.conftest import QUIET_REAPER, TEST_API_KEY, Api, new_uuid, running, secured_settings, user_token
+from tests.conftest import (
+    QUIET_REAPER,
+    TEST_API_KEY,
+    Api,
+    _free_port,
+    new_uuid,
+    running,
+    secured_settings,
+    user_token,
+)
 from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, StalledClient, live_client, served, until_live
+from tests.test_faults import proxy_to
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
 UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id } }"
@@ -670,3 +681,56 @@ async def test_the_old_owner_cannot_resume_a_thread_given_away(secured_api: Api,
     assert message["type"] == "error", message
     assert message["payload"][0]["extensions"]["code"] == "NOT_FOUND"
     assert "private" not in json.dumps(message)
+
+
+async def test_a_subscription_whose_start_meets_an_outage_is_retryable(
+    database_url: str, backend: str
+) -> None:
+    """The database lost after the subscription was accepted (its first read of the event log, or
+    its replay, fails): SERVICE_UNAVAILABLE and retryable on every transport (over SSE a 503), as
+    when the outage hits its authorization; not an internal error."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = make_url(database_url)
+        if backend == "postgresql":
+            proxy = await stack.enter_async_context(proxy_to(url.host or "127.0.0.1", url.port or 5432))
+            url = url.set(host="127.0.0.1", port=proxy.port)
+        settings = Settings(
+            database_url=url.render_as_string(hide_password=False),
+            auto_migrate=False,
+            reaper_interval_seconds=QUIET_REAPER,
+        )
+        application = await stack.enter_async_context(running(settings))
+        address = await stack.enter_async_context(served(application))
+        if backend == "postgresql":
+            await proxy.cut()  # PostgreSQL goes away: its connections drop, new ones are refused
+        else:
+            # SQLite has no server to lose: the subscriptions' reads go to a server that is not there.
+            gone = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/gone")
+            stack.push_async_callback(gone.dispose)
+            application.state.live.db = gone
+        # A user's list: accepting it reads nothing, so the outage meets the subscription's start.
+        user, recent = new_uuid(), encode_event_cursor(1, utc_now())
+        errors = []
+        for legacy in (False, True):
+            async with live_client(address, legacy=legacy) as client:
+                await client.subscribe(USER_THREAD_EVENTS, u=user)  # reads the latest position
+                await client.subscribe(USER_THREAD_EVENTS, u=user, after=recent)  # replays
+                for _ in range(2):
+                    message = await client.receive()
+                    assert message["type"] == "error", message
+                    errors.append(message["payload"] if legacy else message["payload"][0])
+                    if legacy:
+                        assert await client.receive() == {"id": message["id"], "type": "complete"}
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                address.replace("ws://", "http://"),
+                json={"query": USER_THREAD_EVENTS, "variables": {"u": user}},
+                headers={"Accept": "text/event-stream"},
+            )
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"]
+        errors.extend(response.json()["errors"])
+    assert len(errors) == 5
+    for error in errors:
+        assert error["extensions"] == {"code": "SERVICE_UNAVAILABLE", "retryable": True}, error
+        assert error == errors[0]
