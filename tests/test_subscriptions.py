@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from gateway.client import GatewayError as ClientError
 from gateway.config import Settings
 from gateway.data import api_keys
 from gateway.database import Database
+from gateway.events import EventHub
 from gateway.timestamps import utc_now
 from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
 from tests.conftest import (
@@ -734,3 +736,76 @@ async def test_a_subscription_whose_start_meets_an_outage_is_retryable(
     for error in errors:
         assert error["extensions"] == {"code": "SERVICE_UNAVAILABLE", "retryable": True}, error
         assert error == errors[0]
+
+
+async def test_closed_subscriptions_leave_nothing_in_the_event_hub(api: Api, database_url: str) -> None:
+    """Subscriptions stopped one by one, then a socket closed with the rest: the hub forgets each,
+    and a thread or list nobody watches any more."""
+    first, second = await new_thread(api), await new_thread(api)
+    settings = Settings(database_url=database_url, auto_migrate=False, reaper_interval_seconds=QUIET_REAPER)
+    async with running(settings) as application, served(application) as address:
+        hub: EventHub = application.state.events
+
+        async def until_watching(subscribers: int, feeds: int) -> None:
+            for _ in range(200):  # a subscription starts a moment after its message is sent
+                if (hub.subscriber_count, hub.watched_count) == (subscribers, feeds):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError((hub.subscriber_count, hub.watched_count))
+
+        async def stop(client: Any, subscription_id: str) -> None:
+            await client.send({"id": subscription_id, "type": "complete"})
+            await client.send({"type": "ping"})
+            assert await client.receive() == {"type": "pong"}  # messages are handled in order
+
+        async with live_client(address) as client:
+            once = await client.subscribe(THREAD_EVENTS, t=first)
+            await client.subscribe(THREAD_EVENTS, t=second)
+            twice = await client.subscribe(THREAD_EVENTS, t=first)
+            await client.subscribe(USER_THREAD_EVENTS, u=new_uuid())
+            await until_watching(subscribers=4, feeds=3)
+            await stop(client, once)
+            assert (hub.subscriber_count, hub.watched_count) == (3, 3)  # `first` is still watched
+            await stop(client, twice)
+            assert (hub.subscriber_count, hub.watched_count) == (2, 2)
+        await until_watching(subscribers=0, feeds=0)  # the socket closed with two subscriptions
+
+
+class CountingSubscriber:
+    """A hub subscriber that counts how often the hub looks it up (each set lookup hashes it)."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+        self.group: Any = None
+
+    def __hash__(self) -> int:
+        self.lookups += 1
+        return id(self)
+
+    def deliver(self, event: Any, rendered: Any) -> None:
+        raise AssertionError("no event is dispatched here")
+
+
+async def test_unwatching_visits_only_what_the_subscriber_watched(tmp_path: Path) -> None:
+    """Closing a subscription costs the same however many other threads are watched (10,000
+    sockets closing must not take quadratic time): the hub looks the subscriber up in its own
+    entries only, and removes an entry with its last subscriber."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")  # nothing here reads the log
+    hub = EventHub(db, listen=False)
+    others = [CountingSubscriber() for _ in range(1000)]
+    for number, other in enumerate(others):
+        hub.watch_thread(f"thread-{number}", other)
+    subscriber = CountingSubscriber()
+    hub.watch_thread("thread-0", subscriber)  # shared with another subscriber
+    hub.watch_thread("mine", subscriber)
+    hub.watch_user("user", subscriber)
+    assert (hub.subscriber_count, hub.watched_count) == (1003, 1002)
+    subscriber.lookups = 0
+    hub.unwatch(subscriber)
+    assert subscriber.lookups <= 10, subscriber.lookups  # not one per watched thread
+    assert (hub.subscriber_count, hub.watched_count) == (1000, 1000)  # `mine` and `user` are gone
+    hub.unwatch(subscriber)  # twice: nothing more to do
+    for other in others:
+        hub.unwatch(other)
+    assert (hub.subscriber_count, hub.watched_count) == (0, 0)
+    await db.dispose()
