@@ -39,6 +39,7 @@ from gateway.events import EventHub
 from gateway.ids import new_id
 from gateway.tables import ThreadEvent
 from resolvers.context import GatewayContext, is_outage
+from resolvers.extensions import RETRY_AFTER_SECONDS
 from resolvers.limits import Limits
 from resolvers.subscriptions import (
     FinalRendering,
@@ -183,14 +184,7 @@ class LiveService:
             raise
         except Exception as error:
             if is_outage(error):
-                raise SubscriptionRefused(
-                    [
-                        {
-                            "message": "the database cannot be reached right now; retry",
-                            "extensions": {"code": "SERVICE_UNAVAILABLE", "retryable": True},
-                        }
-                    ]
-                ) from error
+                raise SubscriptionRefused.outage() from error
             raise
 
     async def start(
@@ -202,7 +196,8 @@ class LiveService:
         frame_next: Framing,
         on_complete: Callable[[LiveSubscription], None],
     ) -> LiveSubscription:
-        """Register, replay what came after `after`, then go live: no gap, no duplicate."""
+        """Register, replay what came after `after`, then go live: no gap, no duplicate. Raises
+        SubscriptionRefused when the database cannot be reached meanwhile (retryable)."""
         group = self._groups.get(prepared.group_key)
         if group is None:
             context = prepared.executor.context_value
@@ -237,8 +232,10 @@ class LiveService:
             for event, rendered in subscription.pending:
                 subscription.send(event, rendered)
             subscription.pending.clear()
-        except BaseException:
+        except BaseException as error:
             self.stop(subscription)
+            if isinstance(error, Exception) and is_outage(error):
+                raise SubscriptionRefused.outage() from error
             raise
         return subscription
 
@@ -590,12 +587,6 @@ def _origin_allowed(origin: str, host: str, service: LiveService) -> bool:
 async def serve_sse(service: LiveService, request: Request, caller: Caller, payload: Any) -> Response:
     """graphql-sse, distinct connections mode: one subscription per response stream."""
     request_id = request.scope.get("state", {}).get("request_id") or new_id()
-    try:
-        prepared = await service.prepare(payload, caller, request_id)
-    except SubscriptionRefused as refusal:
-        code = refusal.errors[0].get("extensions", {}).get("code")
-        status = {"NOT_FOUND": 404, "SERVICE_UNAVAILABLE": 503}.get(str(code), 400)
-        return Response(orjson.dumps({"errors": refusal.errors}), status, media_type="application/json")
     outbox = Outbox(service.settings.buffer)
     finished = asyncio.Event()
 
@@ -604,13 +595,23 @@ async def serve_sse(service: LiveService, request: Request, caller: Caller, payl
         finished.set()
         outbox.ready.set()
 
-    subscription = await service.start(
-        prepared,
-        subscription_id="sse",
-        outbox=outbox,
-        frame_next=lambda _id, rendered: f"event: next\ndata: {rendered}\n\n",
-        on_complete=completed,
-    )
+    try:
+        prepared = await service.prepare(payload, caller, request_id)
+        subscription = await service.start(
+            prepared,
+            subscription_id="sse",
+            outbox=outbox,
+            frame_next=lambda _id, rendered: f"event: next\ndata: {rendered}\n\n",
+            on_complete=completed,
+        )
+    except SubscriptionRefused as refusal:
+        code = refusal.errors[0].get("extensions", {}).get("code")
+        status = {"NOT_FOUND": 404, "SERVICE_UNAVAILABLE": 503}.get(str(code), 400)
+        # Retry-After as on every other 503 of the gateway (resolvers.extensions, gateway.app).
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+        return Response(
+            orjson.dumps({"errors": refusal.errors}), status, headers, media_type="application/json"
+        )
 
     credentials_ended: list[Unauthenticated] = []
 

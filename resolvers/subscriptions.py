@@ -282,6 +282,11 @@ class SubscriptionRefused(Exception):
     def of(cls, error: GatewayError) -> "SubscriptionRefused":
         return cls([error_payload(error)])
 
+    @classmethod
+    def outage(cls) -> "SubscriptionRefused":
+        """The database could not be reached while starting: retryable, like a query's outage."""
+        return cls.of(ServiceUnavailable(OUTAGE_MESSAGE))
+
 
 async def prepare_subscription(
     schema: strawberry.Schema,

@@ -6,11 +6,13 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
 from gateway.auth import api_key_prefix, hash_api_key, new_api_key
@@ -19,10 +21,21 @@ from gateway.client import GatewayError as ClientError
 from gateway.config import Settings
 from gateway.data import api_keys
 from gateway.database import Database
+from gateway.events import EventHub
 from gateway.timestamps import utc_now
 from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
-from tests.conftest import QUIET_REAPER, TEST_API_KEY, Api, new_uuid, running, secured_settings, user_token
+from tests.conftest import (
+    QUIET_REAPER,
+    TEST_API_KEY,
+    Api,
+    _free_port,
+    new_uuid,
+    running,
+    secured_settings,
+    user_token,
+)
 from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, StalledClient, live_client, served, until_live
+from tests.test_faults import proxy_to
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
 UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id } }"
@@ -603,3 +616,196 @@ async def test_a_subscription_selected_through_fragments_is_served(api: Api, url
         ]
         await api.ok("mutation($id: ID!) { deleteThread(id: $id) { id } }", id=thread_id)
         assert await client.next_event() == {"kind": "THREAD_DELETED", "deletedId": thread_id}
+
+
+async def test_a_thread_given_to_another_user_leaves_the_old_owners_list(
+    secured_api: Api, secured_url: str
+) -> None:
+    """The old owner's list is told the thread is gone from it (THREAD_DELETED, live and on
+    resume), the new owner's list that it changed; the thread's own feed sees no deletion."""
+    backend = secured_api.with_headers(**BEARER)
+    alice = (await backend.ok('mutation { upsertUser(input: {identifier: "alice@moved"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@moved"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    moved = await new_thread(backend, userId=alice)
+    async with live_client(secured_url, headers=BEARER) as client:
+        alices = await client.subscribe(USER_THREAD_EVENTS, u=alice)
+        bobs = await client.subscribe(USER_THREAD_EVENTS, u=bob)
+        feed = await client.subscribe(THREAD_EVENTS, t=moved)
+        await until_live(client, backend, feed, thread_id=moved)
+        await until_live(client, backend, bobs, user_id=bob)
+        await until_live(client, backend, alices, user_id=alice)  # last: the step probes moved her list
+        await backend.ok(UPSERT_THREAD, i={"id": moved, "name": "still alice's"})
+        received = dict([await client.next_with_id() for _ in range(2)])  # her list, the feed
+        before = received[alices]["cursor"]
+        await backend.ok(UPSERT_THREAD, i={"id": moved, "userId": bob})
+        seen = dict([await client.next_with_id() for _ in range(3)])
+        assert seen[alices] == {**seen[alices], "kind": "THREAD_DELETED", "deletedId": moved, "thread": None}
+        assert seen[alices]["threadId"] == moved
+        assert seen[bobs]["kind"] == "THREAD_UPDATED" and seen[bobs]["thread"]["id"] == moved
+        assert seen[feed]["kind"] == "THREAD_UPDATED"  # the thread goes on: no deletion in its feed
+        positions = {key: decode_event_cursor(event["cursor"]).position for key, event in seen.items()}
+        assert positions[alices] < positions[bobs] == positions[feed]  # both databases: the loss first
+    async with live_client(secured_url, headers=BEARER) as client:
+        await client.subscribe(USER_THREAD_EVENTS, u=alice, after=before)
+        replayed = await client.next_event()
+    assert (replayed["kind"], replayed["deletedId"]) == ("THREAD_DELETED", moved)
+    assert replayed["cursor"] == seen[alices]["cursor"]
+
+
+async def test_the_old_owner_cannot_resume_a_thread_given_away(secured_api: Api, secured_url: str) -> None:
+    """Resuming with a cursor from before the owner change is NOT_FOUND, not a replay of what the
+    new owner wrote since (the old owner's list got THREAD_DELETED: the thread's feed did not)."""
+    backend = secured_api.with_headers(**BEARER)
+    alice = (await backend.ok('mutation { upsertUser(input: {identifier: "alice@given"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    bob = (await backend.ok('mutation { upsertUser(input: {identifier: "bob@given"}) { id } }'))[
+        "upsertUser"
+    ]["id"]
+    alice_token = {"Authorization": f"Bearer {user_token('alice@given')}"}
+    given = await new_thread(backend, userId=alice)
+    async with live_client(secured_url, init=alice_token) as client:
+        watched = await client.subscribe(THREAD_EVENTS, t=given)
+        await until_live(client, backend, watched, thread_id=given)
+        await backend.ok(UPSERT_THREAD, i={"id": given, "name": "still hers"})
+        cursor = (await client.next_event())["cursor"]
+        await backend.ok(UPSERT_THREAD, i={"id": given, "userId": bob})
+        ended = await client.receive()
+        assert ended["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND", ended
+    await new_step(backend, given, output="bob's private words")
+    async with live_client(secured_url, init=alice_token) as client:
+        await client.subscribe(THREAD_EVENTS, t=given, after=cursor)
+        message = await client.receive()
+    assert message["type"] == "error", message
+    assert message["payload"][0]["extensions"]["code"] == "NOT_FOUND"
+    assert "private" not in json.dumps(message)
+
+
+async def test_a_subscription_whose_start_meets_an_outage_is_retryable(
+    database_url: str, backend: str
+) -> None:
+    """The database lost after the subscription was accepted (its first read of the event log, or
+    its replay, fails): SERVICE_UNAVAILABLE and retryable on every transport (over SSE a 503), as
+    when the outage hits its authorization; not an internal error."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = make_url(database_url)
+        if backend == "postgresql":
+            proxy = await stack.enter_async_context(proxy_to(url.host or "127.0.0.1", url.port or 5432))
+            url = url.set(host="127.0.0.1", port=proxy.port)
+        settings = Settings(
+            database_url=url.render_as_string(hide_password=False),
+            auto_migrate=False,
+            reaper_interval_seconds=QUIET_REAPER,
+        )
+        application = await stack.enter_async_context(running(settings))
+        address = await stack.enter_async_context(served(application))
+        if backend == "postgresql":
+            await proxy.cut()  # PostgreSQL goes away: its connections drop, new ones are refused
+        else:
+            # SQLite has no server to lose: the subscriptions' reads go to a server that is not there.
+            gone = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/gone")
+            stack.push_async_callback(gone.dispose)
+            application.state.live.db = gone
+        # A user's list: accepting it reads nothing, so the outage meets the subscription's start.
+        user, recent = new_uuid(), encode_event_cursor(1, utc_now())
+        errors = []
+        for legacy in (False, True):
+            async with live_client(address, legacy=legacy) as client:
+                await client.subscribe(USER_THREAD_EVENTS, u=user)  # reads the latest position
+                await client.subscribe(USER_THREAD_EVENTS, u=user, after=recent)  # replays
+                for _ in range(2):
+                    message = await client.receive()
+                    assert message["type"] == "error", message
+                    errors.append(message["payload"] if legacy else message["payload"][0])
+                    if legacy:
+                        assert await client.receive() == {"id": message["id"], "type": "complete"}
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                address.replace("ws://", "http://"),
+                json={"query": USER_THREAD_EVENTS, "variables": {"u": user}},
+                headers={"Accept": "text/event-stream"},
+            )
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"]
+        errors.extend(response.json()["errors"])
+    assert len(errors) == 5
+    for error in errors:
+        assert error["extensions"] == {"code": "SERVICE_UNAVAILABLE", "retryable": True}, error
+        assert error == errors[0]
+
+
+async def test_closed_subscriptions_leave_nothing_in_the_event_hub(api: Api, database_url: str) -> None:
+    """Subscriptions stopped one by one, then a socket closed with the rest: the hub forgets each,
+    and a thread or list nobody watches any more."""
+    first, second = await new_thread(api), await new_thread(api)
+    settings = Settings(database_url=database_url, auto_migrate=False, reaper_interval_seconds=QUIET_REAPER)
+    async with running(settings) as application, served(application) as address:
+        hub: EventHub = application.state.events
+
+        async def until_watching(subscribers: int, feeds: int) -> None:
+            for _ in range(200):  # a subscription starts a moment after its message is sent
+                if (hub.subscriber_count, hub.watched_count) == (subscribers, feeds):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError((hub.subscriber_count, hub.watched_count))
+
+        async def stop(client: Any, subscription_id: str) -> None:
+            await client.send({"id": subscription_id, "type": "complete"})
+            await client.send({"type": "ping"})
+            assert await client.receive() == {"type": "pong"}  # messages are handled in order
+
+        async with live_client(address) as client:
+            once = await client.subscribe(THREAD_EVENTS, t=first)
+            await client.subscribe(THREAD_EVENTS, t=second)
+            twice = await client.subscribe(THREAD_EVENTS, t=first)
+            await client.subscribe(USER_THREAD_EVENTS, u=new_uuid())
+            await until_watching(subscribers=4, feeds=3)
+            await stop(client, once)
+            assert (hub.subscriber_count, hub.watched_count) == (3, 3)  # `first` is still watched
+            await stop(client, twice)
+            assert (hub.subscriber_count, hub.watched_count) == (2, 2)
+        await until_watching(subscribers=0, feeds=0)  # the socket closed with two subscriptions
+
+
+class CountingSubscriber:
+    """A hub subscriber that counts how often the hub looks it up (each set lookup hashes it)."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+        self.group: Any = None
+
+    def __hash__(self) -> int:
+        self.lookups += 1
+        return id(self)
+
+    def deliver(self, event: Any, rendered: Any) -> None:
+        raise AssertionError("no event is dispatched here")
+
+
+async def test_unwatching_visits_only_what_the_subscriber_watched(tmp_path: Path) -> None:
+    """Closing a subscription costs the same however many other threads are watched (10,000
+    sockets closing must not take quadratic time): the hub looks the subscriber up in its own
+    entries only, and removes an entry with its last subscriber."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")  # nothing here reads the log
+    hub = EventHub(db, listen=False)
+    others = [CountingSubscriber() for _ in range(1000)]
+    for number, other in enumerate(others):
+        hub.watch_thread(f"thread-{number}", other)
+    subscriber = CountingSubscriber()
+    hub.watch_thread("thread-0", subscriber)  # shared with another subscriber
+    hub.watch_thread("mine", subscriber)
+    hub.watch_user("user", subscriber)
+    assert (hub.subscriber_count, hub.watched_count) == (1003, 1002)
+    subscriber.lookups = 0
+    hub.unwatch(subscriber)
+    assert subscriber.lookups <= 10, subscriber.lookups  # not one per watched thread
+    assert (hub.subscriber_count, hub.watched_count) == (1000, 1000)  # `mine` and `user` are gone
+    hub.unwatch(subscriber)  # twice: nothing more to do
+    for other in others:
+        hub.unwatch(other)
+    assert (hub.subscriber_count, hub.watched_count) == (0, 0)
+    await db.dispose()

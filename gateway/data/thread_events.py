@@ -1,4 +1,4 @@
-"""The event log (`gateway_thread_events`, written by triggers: migration 0009): reading events
+"""The event log (`gateway_thread_events`, written by triggers: migrations 0009, 0010): reading events
 in position order, for the live feed and for a subscriber's replay, and pruning old ones."""
 
 from collections.abc import Sequence
@@ -45,7 +45,8 @@ async def thread_events_between(
 async def user_events_between(
     session: AsyncSession, *, user_id: str, after: int, through: int, limit: int
 ) -> Sequence[ThreadEvent]:
-    """The events of a user's thread list (their threads created, changed, deleted) in (after, through]."""
+    """The events of a user's thread list (their threads created, changed, deleted, given to
+    another owner: migration 0010's THREAD_DELETED, which is `activity`) in (after, through]."""
     statement = (
         sa.select(ThreadEvent)
         .where(
@@ -61,9 +62,14 @@ async def user_events_between(
 
 
 async def thread_deletion_after(session: AsyncSession, *, thread_id: str, after: int) -> ThreadEvent | None:
-    """The THREAD_DELETED event of the thread after `after`, if it was deleted since."""
+    """The THREAD_DELETED event of the thread after `after`, if it was deleted since. Not the
+    `activity` one of an owner change (migration 0010): that thread still exists, and the old
+    owner may no longer read its feed."""
     statement = sa.select(ThreadEvent).where(
-        events.threadId == thread_id, events.kind == "THREAD_DELETED", events.position > after
+        events.threadId == thread_id,
+        events.kind == "THREAD_DELETED",
+        events.position > after,
+        events.activity.is_(False),
     )
     return (await session.execute(statement.limit(1))).scalars().first()
 
