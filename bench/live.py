@@ -144,6 +144,12 @@ class Subscriber(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def close(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+        if self.transport is not None:
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.finished.done():
             self.finished.set_exception(RuntimeError(f"connection lost: {exc!r}"))
@@ -181,8 +187,7 @@ def client_process(
         else:
             await loop.run_in_executor(None, from_main.get)
         for subscriber in subscribers:
-            if subscriber.transport is not None:
-                subscriber.transport.close()
+            subscriber.close()
 
     uvloop.run(run())
 
@@ -253,6 +258,9 @@ async def fan_out(bases: list[str], args: argparse.Namespace) -> None:
     for received in subscribers:
         complete += len(received) == writes
         latencies.extend(max(0.0, received[index] - acknowledged[index]) * 1000 for index in received)
+    import json, os as _os
+    if _os.environ.get("DUMP"):
+        json.dump({"ack": acknowledged, "subs": subscribers}, open(_os.environ["DUMP"], "w"))
     print(
         f"fan-out: {len(subscribers)} subscribers over {len(bases)} replicas, "
         f"{writes} writes at {achieved:.1f}/s"
