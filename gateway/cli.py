@@ -134,6 +134,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.auth import OpenModeRefused
+    from gateway.websocket_server import GatewayWebSocketProtocol
 
     settings = settings.model_copy(
         update={
@@ -161,6 +162,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         "log_config": None,
         "access_log": False,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "ws": GatewayWebSocketProtocol,  # subscriptions' events written without the ASGI hops
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings.model_copy(update={"auto_migrate": False})), **server_options)

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 import orjson
@@ -38,6 +38,7 @@ from gateway.errors import GatewayError, Unauthenticated
 from gateway.events import EventHub
 from gateway.ids import new_id
 from gateway.tables import ThreadEvent
+from gateway.websocket_server import SEND_NOW, SendNow
 from resolvers.context import GatewayContext, is_outage
 from resolvers.extensions import RETRY_AFTER_SECONDS
 from resolvers.limits import Limits
@@ -92,6 +93,45 @@ class Outbox:
         self.ready.set()
 
 
+class SocketOutbox:
+    """One WebSocket's outgoing messages, written to the socket at once (the `send_now` extension
+    of gateway.websocket_server: no queue, no writer task). What the peer has not read waits in the
+    transport's buffer; once `bound` messages wait there, the subscriber is too slow."""
+
+    def __init__(self, sender: SendNow, bound: int, on_overflow: Callable[[], None]) -> None:
+        self.sender = sender
+        self.bound = bound
+        self.on_overflow = on_overflow
+        self.written = 0  # bytes handed to the transport
+        self.waiting_ends: deque[int] = deque()  # where each message still buffered ends
+        self.closed = False
+        self.overflowed = False
+
+    def put(self, message: str) -> None:
+        if self.closed:
+            return
+        waiting = self.waiting_ends
+        if waiting:
+            taken = self.written - self.sender.buffered_bytes()
+            while waiting and waiting[0] <= taken:
+                waiting.popleft()
+            if len(waiting) >= self.bound:
+                self.closed = self.overflowed = True
+                self.on_overflow()
+                return
+        size = self.sender.send_text(message)
+        if not size:  # the socket is closing
+            self.closed = True
+            return
+        self.written += size
+        if self.sender.buffered_bytes():
+            waiting.append(self.written)
+
+
+class MessageSink(Protocol):
+    def put(self, message: str) -> None: ...
+
+
 Framing = Callable[[str, str], str]  # (subscription id, rendered payload) -> message text
 
 
@@ -101,7 +141,7 @@ class LiveSubscription:
 
     id: str
     group: SelectionGroup
-    outbox: Outbox
+    outbox: MessageSink
     frame_next: Framing
     on_complete: Callable[["LiveSubscription"], None]
     completes_on_delete: bool
@@ -192,7 +232,7 @@ class LiveService:
         prepared: PreparedSubscription,
         *,
         subscription_id: str,
-        outbox: Outbox,
+        outbox: MessageSink,
         frame_next: Framing,
         on_complete: Callable[[LiveSubscription], None],
     ) -> LiveSubscription:
@@ -325,7 +365,12 @@ class WebSocketSession:
         self.websocket = websocket
         self.protocol = protocol
         self.legacy = protocol == LEGACY_WS
-        self.outbox = Outbox(service.settings.buffer, on_overflow=self._too_slow)
+        send_now = websocket.scope.get("extensions", {}).get(SEND_NOW)
+        self.outbox: Outbox | SocketOutbox = (
+            SocketOutbox(send_now, service.settings.buffer, self._too_slow)
+            if isinstance(send_now, SendNow)
+            else Outbox(service.settings.buffer, on_overflow=self._too_slow)
+        )
         self.subscriptions: dict[str, LiveSubscription] = {}
         self.starting: dict[str, asyncio.Task[None]] = {}
         self.caller: Caller | None = None
@@ -337,7 +382,9 @@ class WebSocketSession:
 
     async def run(self) -> None:
         self._main = asyncio.current_task()
-        writer = asyncio.create_task(self._write())
+        writer = asyncio.create_task(
+            self._write(self.outbox) if isinstance(self.outbox, Outbox) else self._keep_alive()
+        )
         rechecks: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(CONNECTION_INIT_TIMEOUT_SECONDS):
@@ -530,8 +577,15 @@ class WebSocketSession:
         self.outbox.closed = True
         self._mark_closed(CLOSE_TOO_SLOW, TOO_SLOW_REASON)
 
-    async def _write(self) -> None:
-        outbox = self.outbox
+    async def _keep_alive(self) -> None:
+        """The legacy protocol's `ka` messages, when messages are written at once."""
+        while self.legacy:
+            await asyncio.sleep(KEEP_ALIVE_SECONDS)
+            if self.caller is not None:
+                self._send({"type": "ka"})
+
+    async def _write(self, outbox: Outbox) -> None:
+        """Sends the queued messages, when they cannot be written at once (see SocketOutbox)."""
         keep_alive = KEEP_ALIVE_SECONDS if self.legacy else None
         while True:
             if keep_alive is None:

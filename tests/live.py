@@ -19,6 +19,7 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from gateway.websocket_server import GatewayWebSocketProtocol
 from tests.conftest import _free_port
 
 RECEIVE_TIMEOUT = 10.0
@@ -41,12 +42,11 @@ subscription($u: ID, $after: String) {
 
 
 @asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[str]:
-    """`app` (its lifespan already run) served on a free port; yields its ws:// URL."""
+async def served(app: Starlette, *, ws: Any = GatewayWebSocketProtocol) -> AsyncIterator[str]:
+    """`app` (its lifespan already run) served on a free port, with the WebSocket protocol of
+    `gateway serve` unless told otherwise; yields its ws:// URL."""
     port = _free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", ws="websockets-sansio"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", ws=ws)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -23,6 +23,7 @@ from gateway.data import api_keys
 from gateway.database import Database
 from gateway.events import EventHub
 from gateway.timestamps import utc_now
+from gateway.websocket_server import GatewayWebSocketProtocol
 from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
 from tests.conftest import (
     QUIET_REAPER,
@@ -459,7 +460,17 @@ async def test_server_sent_events_by_hand(api: Api, url: str) -> None:
     assert seen[2:] == ["event: complete", "data:"]
 
 
-async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(database_url: str, api: Api) -> None:
+@pytest.mark.parametrize(
+    "ws",
+    [
+        pytest.param(GatewayWebSocketProtocol, id="written-at-once"),
+        # Under another server the messages are queued for a writer task per socket.
+        pytest.param("websockets-sansio", id="queued-through-asgi"),
+    ],
+)
+async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(
+    database_url: str, api: Api, ws: Any
+) -> None:
     settings = Settings(
         database_url=database_url,
         auto_migrate=False,
@@ -469,7 +480,7 @@ async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(database_url
     thread_id = await new_thread(api)
     step_id = await new_step(api, thread_id, output="")
     chunk, appends = "x" * 128 * 1024, 12
-    async with running(settings) as application, served(application) as address:
+    async with running(settings) as application, served(application, ws=ws) as address:
         stalled = StalledClient(address)
         async with live_client(address, max_size=2**26) as healthy:
             await until_live(
