@@ -37,6 +37,7 @@ from gateway.database import Database
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.events import EventHub
 from gateway.ids import new_id
+from gateway.metrics import EVENTS_SENT, SUBSCRIBERS_TOO_SLOW, SUBSCRIPTIONS
 from gateway.tables import ThreadEvent
 from gateway.websocket_server import SEND_NOW, SendNow
 from resolvers.context import GatewayContext, is_outage
@@ -168,6 +169,7 @@ class LiveSubscription:
             return  # already sent (the replay and the live feed meet here)
         self.last_position = event.position
         self.outbox.put(self.frame_next(self.id, rendered))
+        EVENTS_SENT.inc()
         if isinstance(rendered, FinalRendering) or (
             self.completes_on_delete and event.kind == ThreadEventKind.THREAD_DELETED.value
         ):
@@ -244,6 +246,7 @@ class LiveService:
             group = SelectionGroup(prepared.executor, context)
             self._groups[prepared.group_key] = group
         group.members += 1
+        SUBSCRIPTIONS.inc()
         subscription = LiveSubscription(
             id=subscription_id,
             group=group,
@@ -283,6 +286,7 @@ class LiveService:
         if subscription.done:
             return
         subscription.done = True
+        SUBSCRIPTIONS.dec()
         self.hub.unwatch(subscription)
         key = subscription.group_key
         group = self._groups.get(key)
@@ -574,6 +578,7 @@ class WebSocketSession:
             self._main.cancel()  # it waits for the client's next message
 
     def _too_slow(self) -> None:
+        SUBSCRIBERS_TOO_SLOW.inc()
         self.outbox.closed = True
         self._mark_closed(CLOSE_TOO_SLOW, TOO_SLOW_REASON)
 
@@ -691,6 +696,7 @@ async def serve_sse(service: LiveService, request: Request, caller: Caller, payl
                     yield f"event: next\ndata: {_json({'errors': [error]})}\n\n"
                     break
                 if outbox.overflowed:
+                    SUBSCRIBERS_TOO_SLOW.inc()
                     error = {
                         "message": TOO_SLOW_REASON,
                         "extensions": {"code": "SUBSCRIBER_TOO_SLOW", "retryable": True},

@@ -73,6 +73,18 @@ UPLOADS_PENDING = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+SUBSCRIPTIONS = Gauge(
+    "gateway_subscriptions",
+    "Subscriptions open (WebSocket and Server-Sent Events)",
+    multiprocess_mode="livesum",
+)
+EVENTS_SENT = Counter(
+    "gateway_subscription_events_sent_total", "Events sent to subscribers (one per subscriber)"
+)
+SUBSCRIBERS_TOO_SLOW = Counter(
+    "gateway_subscribers_too_slow_total", "Subscriber connections closed for falling too far behind"
+)
+
 
 class OperationLabels:
     """Operation names as label values, bounded: an unnamed operation is ANONYMOUS, and once

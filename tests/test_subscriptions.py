@@ -30,6 +30,7 @@ from tests.conftest import (
     TEST_API_KEY,
     Api,
     _free_port,
+    client_of,
     new_uuid,
     running,
     secured_settings,
@@ -37,6 +38,7 @@ from tests.conftest import (
 )
 from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, StalledClient, live_client, served, until_live
 from tests.test_faults import proxy_to
+from tests.test_operations import samples
 
 UPSERT_THREAD = "mutation($i: ThreadInput!) { upsertThread(input: $i) { id } }"
 UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id } }"
@@ -480,7 +482,12 @@ async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(
     thread_id = await new_thread(api)
     step_id = await new_step(api, thread_id, output="")
     chunk, appends = "x" * 128 * 1024, 12
-    async with running(settings) as application, served(application, ws=ws) as address:
+    async with (
+        running(settings) as application,
+        served(application, ws=ws) as address,
+        client_of(application) as local,
+    ):
+        before = await scrape_open(local)
         stalled = StalledClient(address)
         async with live_client(address, max_size=2**26) as healthy:
             await until_live(
@@ -500,7 +507,31 @@ async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(
         async with live_client(address, max_size=2**26) as resumed:
             await resumed.subscribe(THREAD_EVENTS, t=thread_id, after=received[-1]["cursor"])
             received.extend(await resumed.events(appends - len(received)))
+            during = await scrape_open(local)
+        for _ in range(50):  # the server notices the last socket closed
+            after = await scrape_open(local)
+            if after[SUBSCRIPTIONS] == before[SUBSCRIPTIONS]:
+                break
+            await asyncio.sleep(0.05)
     assert [event["delta"] for event in received] == [chunk] * appends
+    # What an operator sees: one subscriber closed as too slow, the events sent, none left open.
+    assert during[TOO_SLOW] - before[TOO_SLOW] == 1
+    assert during[SUBSCRIPTIONS] - before[SUBSCRIPTIONS] == 1  # the resumed one
+    assert during[EVENTS_SENT] - before[EVENTS_SENT] >= 2 * appends  # the healthy one's; the others'
+    assert after[SUBSCRIPTIONS] == before[SUBSCRIPTIONS]
+
+
+SUBSCRIPTIONS = ("gateway_subscriptions", ())
+TOO_SLOW = ("gateway_subscribers_too_slow_total", ())
+EVENTS_SENT = ("gateway_subscription_events_sent_total", ())
+
+
+async def scrape_open(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics of an open-mode app (a local caller needs no key)."""
+    response = await api.http.get("/metrics")
+    assert response.status_code == 200, response.text
+    found = samples(response.text)
+    return {key: found.get(key, 0.0) for key in (SUBSCRIPTIONS, TOO_SLOW, EVENTS_SENT)}
 
 
 async def test_events_older_than_the_retention_are_pruned_and_their_cursors_expire(
