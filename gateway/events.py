@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -40,7 +40,12 @@ LISTENER_PING_SECONDS = 2.0
 class EventGroup(Protocol):
     """Subscribers that receive the same rendering of an event (same selection, same caller)."""
 
-    async def render(self, event: ThreadEvent) -> Any: ...
+    async def render_many(self, events: Sequence[ThreadEvent]) -> list[Any]:
+        """Each event's rendering, or the exception rendering it raised."""
+        ...
+
+
+NOT_RENDERED = object()
 
 
 class Subscriber(Hashable, Protocol):
@@ -162,33 +167,51 @@ class EventHub:
         while True:
             async with self.db.session() as session:
                 batch = await thread_events.events_after(session, after=self.position, limit=READ_BATCH)
-            for event in batch:
-                await self._dispatch(event)
+            if batch:
+                await self._dispatch(batch)
             if len(batch) < READ_BATCH:
                 return
 
-    async def _dispatch(self, event: ThreadEvent) -> None:
-        assert event.position is not None
-        # Set before any await: a subscriber registering while this event renders replays it.
-        self.position = event.position
-        targets: list[Subscriber] = []
-        if not event.activity:
-            targets.extend(self._threads.get(event.threadId, ()))
-        if event.userId is not None and event.kind in THREAD_KINDS:
-            targets.extend(self._users.get(event.userId, ()))
-        if not targets:
-            return
-        by_group: dict[EventGroup, list[Subscriber]] = defaultdict(list)
-        for subscriber in targets:
-            by_group[subscriber.group].append(subscriber)
-        groups = list(by_group)
-        rendered = await asyncio.gather(*(group.render(event) for group in groups), return_exceptions=True)
-        for group, result in zip(groups, rendered, strict=True):
-            if isinstance(result, BaseException):
-                logger.error("rendering event %s failed", event.position, exc_info=result)
+    async def _dispatch(self, batch: Sequence[ThreadEvent]) -> None:
+        """Hands each event of the batch to the subscribers watching then, in order. Each group
+        renders its events of the batch together (one read per field for all of them), and only
+        then is anything handed out: a subscriber's events of one batch go out in one write."""
+        assert batch[-1].position is not None
+        # Set before any await: a subscriber registering while these render replays them.
+        self.position = batch[-1].position
+        handouts: list[tuple[ThreadEvent, dict[EventGroup, list[Subscriber]]]] = []
+        wanted: dict[EventGroup, list[ThreadEvent]] = defaultdict(list)
+        for event in batch:
+            targets: list[Subscriber] = []
+            if not event.activity:
+                targets.extend(self._threads.get(event.threadId, ()))
+            if event.userId is not None and event.kind in THREAD_KINDS:
+                targets.extend(self._users.get(event.userId, ()))
+            if not targets:
                 continue
-            for subscriber in by_group[group]:
-                subscriber.deliver(event, result)
+            by_group: dict[EventGroup, list[Subscriber]] = defaultdict(list)
+            for subscriber in targets:
+                by_group[subscriber.group].append(subscriber)
+            for group in by_group:
+                wanted[group].append(event)
+            handouts.append((event, by_group))
+        if not handouts:
+            return
+        groups = list(wanted)
+        rendered = await asyncio.gather(*(group.render_many(wanted[group]) for group in groups))
+        renderings: dict[tuple[EventGroup, int | None], Any] = {}
+        for group, results in zip(groups, rendered, strict=True):
+            for event, result in zip(wanted[group], results, strict=True):
+                if isinstance(result, BaseException):
+                    logger.error("rendering event %s failed", event.position, exc_info=result)
+                else:
+                    renderings[group, event.position] = result
+        for event, by_group in handouts:
+            for group, subscribers in by_group.items():
+                result = renderings.get((group, event.position), NOT_RENDERED)
+                if result is not NOT_RENDERED:
+                    for subscriber in subscribers:
+                        subscriber.deliver(event, result)
 
     async def _prune_when_due(self) -> None:
         interval = min(60.0, self.retention.total_seconds() / 4)

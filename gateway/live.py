@@ -61,6 +61,8 @@ CONNECTION_INIT_TIMEOUT_SECONDS = 10.0
 KEEP_ALIVE_SECONDS = 15.0
 CLOSE_TOO_SLOW = 1013
 TOO_SLOW_REASON = "subscriber too slow: resume with the cursor of the last event received"
+REPLAY_CHUNK = 100  # events of a replay rendered together
+ROOM_POLL_SECONDS = 0.01
 
 
 @dataclass
@@ -82,55 +84,100 @@ class Outbox:
         self.overflowed = False
         self.closed = False
 
+    async def wait_for_room(self, room: int) -> None:
+        """Until `room` more messages fit under the bound (or the outbox is closed)."""
+        while not (self.closed or self.overflowed) and len(self.messages) + room > self.bound:  # noqa: ASYNC110
+            await asyncio.sleep(ROOM_POLL_SECONDS)  # only replays wait: a poll, not an event per message
+
     def put(self, message: str) -> None:
         if self.closed:
             return
         if len(self.messages) >= self.bound:
-            if not self.overflowed and self.on_overflow is not None:
-                self.on_overflow()  # the writer may be stuck sending to this very subscriber
-            self.overflowed = True
+            self.overflow()
         else:
             self.messages.append(message)
+            self.ready.set()
+
+    def overflow(self) -> None:
+        if not self.overflowed and self.on_overflow is not None:
+            self.on_overflow()  # the writer may be stuck sending to this very subscriber
+        self.overflowed = True
         self.ready.set()
 
 
 class SocketOutbox:
-    """One WebSocket's outgoing messages, written to the socket at once (the `send_now` extension
-    of gateway.websocket_server: no queue, no writer task). What the peer has not read waits in the
-    transport's buffer; once `bound` messages wait there, the subscriber is too slow."""
+    """One WebSocket's outgoing messages, written by the `send_now` extension of
+    gateway.websocket_server without a writer task: what is put during one step of the event loop
+    (an event, or a batch of them, dispatched to every subscriber) is written once that step is
+    done, with one write per socket. What the peer has not read waits in the transport's buffer;
+    a subscriber with `bound` messages waiting there, not even begun, is too slow."""
 
     def __init__(self, sender: SendNow, bound: int, on_overflow: Callable[[], None]) -> None:
         self.sender = sender
         self.bound = bound
         self.on_overflow = on_overflow
+        self.pending: list[str] = []
         self.written = 0  # bytes handed to the transport
-        self.waiting_ends: deque[int] = deque()  # where each message still buffered ends
+        self.unread_starts: deque[int] = deque()  # where each message the peer has not begun starts
         self.closed = False
         self.overflowed = False
+
+    def unread_count(self) -> int:
+        """Messages written that the peer has not begun to read."""
+        unread = self.unread_starts
+        if unread:
+            taken = self.written - self.sender.buffered_bytes()
+            while unread and unread[0] < taken:
+                unread.popleft()
+        return len(unread)
+
+    async def wait_for_room(self, room: int) -> None:
+        """Until `room` more messages fit under the bound (or the outbox is closed)."""
+        while not self.closed and self.unread_count() + len(self.pending) + room > self.bound:  # noqa: ASYNC110
+            await asyncio.sleep(ROOM_POLL_SECONDS)  # nothing tells when the peer reads: a poll
 
     def put(self, message: str) -> None:
         if self.closed:
             return
-        waiting = self.waiting_ends
-        if waiting:
-            taken = self.written - self.sender.buffered_bytes()
-            while waiting and waiting[0] <= taken:
-                waiting.popleft()
-            if len(waiting) >= self.bound:
-                self.closed = self.overflowed = True
-                self.on_overflow()
-                return
-        size = self.sender.send_text(message)
-        if not size:  # the socket is closing
+        if self.unread_starts and self.unread_count() >= self.bound:
+            self.overflow()
+            return
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.pending.append(message)
+
+    def overflow(self) -> None:
+        if not self.closed:
+            self.closed = self.overflowed = True
+            self.pending.clear()
+            self.on_overflow()
+
+    def _flush(self) -> None:
+        messages, self.pending = self.pending, []
+        if self.closed or not messages:
+            return
+        sizes = self.sender.send_texts(messages)
+        if not sizes:  # the socket is closing
             self.closed = True
             return
-        self.written += size
+        start = self.written
+        self.written += sum(sizes)
         if self.sender.buffered_bytes():
-            waiting.append(self.written)
+            for size in sizes:
+                self.unread_starts.append(start)
+                start += size
 
 
 class MessageSink(Protocol):
+    bound: int
+
     def put(self, message: str) -> None: ...
+
+    def overflow(self) -> None:
+        """The subscriber is too slow: close it."""
+        ...
+
+    async def wait_for_room(self, room: int) -> None: ...
 
 
 Framing = Callable[[str, str], str]  # (subscription id, rendered payload) -> message text
@@ -159,6 +206,9 @@ class LiveSubscription:
         if self.done:
             return
         if self.replaying:
+            if len(self.pending) >= self.outbox.bound:  # live events held while it replays
+                self.outbox.overflow()
+                return
             self.pending.append((event, rendered))
             return
         self.send(event, rendered)
@@ -269,8 +319,16 @@ class LiveService:
                 missed = await replay_events(
                     group.context, feed, after=prepared.after.position, through=through
                 )
-                for event in missed:
-                    subscription.send(event, await group.render(event))
+                # In chunks the subscriber has room for: a long replay is paced by its reading.
+                chunk = max(1, min(REPLAY_CHUNK, self.settings.buffer // 2))
+                for start in range(0, len(missed), chunk):
+                    if start:
+                        await outbox.wait_for_room(chunk)
+                    part = missed[start : start + chunk]
+                    for event, rendered in zip(part, await group.render_many(part), strict=True):
+                        if isinstance(rendered, BaseException):
+                            raise rendered
+                        subscription.send(event, rendered)
             subscription.replaying = False
             for event, rendered in subscription.pending:
                 subscription.send(event, rendered)

@@ -1,14 +1,16 @@
 """The WebSocket protocol `gateway serve` runs: uvicorn's websockets-sansio protocol, plus one ASGI
-extension, `gateway.websocket.send_now`, that writes a text message to the socket synchronously.
+extension, `gateway.websocket.send_now`, that writes text messages to the socket synchronously.
 
 A subscription's event goes to every subscriber of its selection. Through ASGI each message costs
 a task wake-up and four layers of `await send(...)` (starlette, uvicorn, websockets), about 13 us of
 Python beside the 6 us system call: at 1,000 subscribers and 50 writes/s that was most of a core
-per replica. With the extension the event hub writes each subscriber's frame as it dispatches the
-event: no queue, no task. The ASGI app works without it (under another server, in tests with
-uvicorn's own protocols): gateway.live then queues messages for a writer task per connection.
+per replica. With the extension the messages put while the event hub dispatches are written once
+it is done (gateway.live.SocketOutbox): no task per message, and a batch of events read together
+reaches each socket in one write. The ASGI app works without it (under another server, or uvicorn's
+own protocols): gateway.live then queues messages for a writer task per connection.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -23,9 +25,10 @@ class SendNow:
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
         self._protocol = protocol
 
-    def send_text(self, text: str) -> int:
-        """Frames and writes `text`; returns the bytes handed to the transport (0: the socket
-        is closing or closed, nothing written)."""
+    def send_texts(self, texts: Sequence[str]) -> list[int]:
+        """Frames each text as a message and writes them all with one call (one system call when
+        the socket takes them); returns each message's size as written ([]: the socket is
+        closing or closed, nothing written)."""
         protocol = self._protocol
         if (
             protocol.disconnected
@@ -33,14 +36,16 @@ class SendNow:
             or not protocol.handshake_complete
             or protocol.initial_response is not None
         ):
-            return 0
+            return []
+        frames: list[bytes] = []
         try:
-            protocol.conn.send_text(text.encode())
+            for text in texts:
+                protocol.conn.send_text(text.encode())
+                frames.append(b"".join(protocol.conn.data_to_send()))
         except InvalidState:
-            return 0
-        data = b"".join(protocol.conn.data_to_send())
-        protocol.transport.write(data)
-        return len(data)
+            return []
+        protocol.transport.write(b"".join(frames))
+        return [len(frame) for frame in frames]
 
     def buffered_bytes(self) -> int:
         """Bytes written and not yet taken by the kernel (the peer is not reading fast enough)."""

@@ -6,6 +6,7 @@ prepared here once (validated, limited, authorized like a query), and subscriber
 selection and caller share a `SelectionGroup` that renders each event once, to JSON bytes.
 """
 
+import asyncio
 import base64
 import binascii
 import enum
@@ -195,8 +196,14 @@ class SelectionGroup:
     context: GatewayContext
     members: int = 0
 
-    async def render(self, event: tables.ThreadEvent) -> str:
-        """The event as the `payload` of a `next` message: `{"data": ...}` as JSON bytes."""
+    async def render_many(self, events: Sequence[tables.ThreadEvent]) -> list[str | BaseException]:
+        """Each event as the `payload` of a `next` message (`{"data": ...}` as JSON text), or the
+        exception rendering it raised. Rendered together: one read per field for all of them."""
+        # Fresh loaders: the current state of what the events name, not what an earlier one read.
+        self.context.reset_loaders()
+        return await asyncio.gather(*(self._render(event) for event in events), return_exceptions=True)
+
+    async def _render(self, event: tables.ThreadEvent) -> str:
         ending: GatewayError | None = None
         try:
             if not await self._still_readable(event):
@@ -208,8 +215,6 @@ class SelectionGroup:
             ending = ServiceUnavailable(OUTAGE_MESSAGE)
         if ending is not None:
             return FinalRendering(to_json_bytes({"data": None, "errors": [error_payload(ending)]}).decode())
-        # Fresh loaders: the current state of what the event names, not what an earlier one read.
-        self.context.reset_loaders()
         result = execute_subscription_event(
             self.executor.build_per_event_executor(ThreadEvent.from_row(event))
         )

@@ -497,7 +497,7 @@ async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(
             await asyncio.sleep(0.5)  # no probe: it reads nothing until the end
             for _ in range(appends):  # each event carries the whole output so far: megabytes
                 await api.ok(APPEND, id=step_id, d=chunk)
-            assert len(await healthy.events(appends)) == appends  # the others are not held up
+                assert len(await healthy.events(1)) == 1  # the others are not held up
         messages, code, reason = await stalled.read_to_the_end()
         assert code == 1013 and "cursor" in reason
         received = [
