@@ -95,6 +95,14 @@ def _not_waiting(element_id: str) -> NotFound:
     return NotFound(f"no upload of element {element_id} is waiting to be completed", field="id")
 
 
+async def _check_target(uow: UnitOfWork, element: ElementFields) -> None:
+    """Refuse an element the caller may not attach where it says (a read, before any write)."""
+    async with uow.db.session() as session:
+        await elements.check_element_target(
+            session, thread_id=element.thread_id, for_id=element.for_id, access=uow.access
+        )
+
+
 async def _write_element(
     uow: UnitOfWork, values: dict[str, Any], *, completing_upload: bool = False
 ) -> tuple[tables.Element, bool]:
@@ -143,10 +151,7 @@ async def create_element(
     its `url` (by reference), one of them. The bytes are stored first and the row written after;
     if the row is not written, the bytes are removed. The same id again returns the stored row."""
     files = _files(uow)
-    async with uow.db.session() as session:  # refuse early, before any byte is stored
-        await elements.check_element_target(
-            session, thread_id=element.thread_id, for_id=element.for_id, access=uow.access
-        )
+    await _check_target(uow, element)  # refuse early, before any byte is stored
     chunks = content() if content is not None else None
     check_mime(element.mime)
     object_key, size_bytes = None, None
@@ -182,10 +187,7 @@ async def request_upload(uow: UnitOfWork, *, element: ElementFields, base_url: s
     COMPLETION_GRACE). `base_url`: the gateway's own URL, for the local store's upload route."""
     files = _files(uow)
     files.policy.check_mime(element.mime)
-    async with uow.db.session() as session:
-        await elements.check_element_target(
-            session, thread_id=element.thread_id, for_id=element.for_id, access=uow.access
-        )
+    await _check_target(uow, element)
     object_key = files.new_key(element.thread_id, element.id)
     target = await files.store.upload_url(
         object_key, mime=element.mime, expires_in=files.url_expiry_seconds, base_url=base_url
