@@ -73,6 +73,8 @@ class UnitOfWork:
     attachments: Attachments | None = None
     # Called after each commit (e.g. the event hub's kick: read the new events now).
     on_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Called after each write, committed or not (e.g. the request's loaders start afresh).
+    after_write: list[Callable[[], None]] = field(default_factory=list)
     _objects_to_delete: bool = field(default=False, init=False)
     _one_statement: bool = field(default=False, init=False)
     # A write committed (the compiled path may then not run the request again).
@@ -128,6 +130,8 @@ class UnitOfWork:
         finally:
             self._objects_to_delete = False
             self._one_statement = False
+            for callback in self.after_write:
+                callback()
 
 
 def retryable_conflict(error: Exception) -> Exception:

@@ -36,7 +36,9 @@ class GatewayContext:
 
     def __post_init__(self) -> None:
         on_commit = [self.events.kick] if self.events is not None else []
-        self.unit_of_work = UnitOfWork(self.db, self.access, self.attachments, on_commit=on_commit)
+        self.unit_of_work = UnitOfWork(
+            self.db, self.access, self.attachments, on_commit=on_commit, after_write=[self.reset_loaders]
+        )
 
     @property
     def loaders(self) -> Loaders:
@@ -79,13 +81,10 @@ class GatewayContext:
     @asynccontextmanager
     async def write(self, *, one_statement: bool = False) -> AsyncIterator[AsyncSession]:
         """One transaction for one mutation (the caller's unit of work; `one_statement`: see
-        `UnitOfWork.write`); afterwards the request's loaders start afresh, so later fields read
-        what was written."""
-        try:
-            async with self.unit_of_work.write(one_statement=one_statement) as session:
-                yield session
-        finally:
-            self.reset_loaders()
+        `UnitOfWork.write`); afterwards the request's loaders start afresh (every write of the
+        unit of work resets them), so later fields read what was written."""
+        async with self.unit_of_work.write(one_statement=one_statement) as session:
+            yield session
 
 
 Info = strawberry.Info[GatewayContext, None]
