@@ -45,9 +45,10 @@ from gateway.reaper import ObjectReaper
 from gateway.storage import FILES_ROUTE, LocalStore, configured_store, content_disposition
 from gateway.timestamps import utc_now
 from gateway.tracing import instrument, tracing_enabled
+from gateway.unit_of_work import OUTAGE_MESSAGE, is_outage
 from gateway.validation import loads_strict
 from resolvers.compiled import CompiledAnswer, CompiledReads
-from resolvers.context import OUTAGE_MESSAGE, GatewayContext, is_outage
+from resolvers.context import GatewayContext
 from resolvers.extensions import RETRY_AFTER_SECONDS
 from resolvers.limits import Limits
 from resolvers.schema import schema

@@ -39,8 +39,9 @@ from gateway.events import EventHub
 from gateway.ids import new_id
 from gateway.metrics import EVENTS_SENT, SUBSCRIBERS_TOO_SLOW, SUBSCRIPTIONS
 from gateway.tables import ThreadEvent
+from gateway.unit_of_work import is_outage
 from gateway.websocket_server import SEND_NOW, SendNow
-from resolvers.context import GatewayContext, is_outage
+from resolvers.context import GatewayContext
 from resolvers.extensions import RETRY_AFTER_SECONDS
 from resolvers.limits import Limits
 from resolvers.subscriptions import (
