@@ -80,6 +80,7 @@ class EventHub:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pruned_at = 0.0
+        self._skipped_at = float("-inf")
         self._stopping = False
         self.listener_connected = asyncio.Event()
 
@@ -157,8 +158,14 @@ class EventHub:
 
     async def read_new_events(self) -> None:
         if not self._threads and not self._users:
-            # Nobody here watches: move past what is there without reading it (every write wakes
-            # the hub, and on SQLite reading its events for no one cost a write a tenth of its CPU).
+            # Nobody here watches: move past what is there without reading it, at most once per
+            # poll (every write wakes the hub; a query per write for no one is a write's tenth).
+            # A subscriber arriving meanwhile is handed out what came since, as any other: correct,
+            # and at most a poll's worth of events is read again.
+            loop_time = asyncio.get_running_loop().time()
+            if loop_time - self._skipped_at < self.poll_seconds:
+                return
+            self._skipped_at = loop_time
             async with self.db.session() as session:
                 latest = await thread_events.latest_position(session)
             if not self._threads and not self._users:  # else someone started watching meanwhile
