@@ -109,7 +109,7 @@ async def test_a_users_history_costs_one_statement_more_for_the_user_lookup(
 
 # --- writes: a step's write costs statements bounded by its request's shape, never by its rows ----
 
-UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id output } }"
+UPSERT_STEP = "mutation($i: StepInput!) { upsertStep(input: $i) { id output threadId } }"
 APPEND = 'mutation($id: ID!) { appendStepOutput(id: $id, delta: "more") { output } }'
 INGEST = "mutation($s: [StepInput!]!) { ingestSteps(steps: $s) { index error { code } } }"
 RATE = "mutation($s: ID!, $v: Int!) { upsertFeedback(input: {forId: $s, value: $v}) { id value } }"
@@ -124,8 +124,12 @@ async def test_a_backends_step_write_is_one_statement(
     fields = {"id": step_id, "threadId": thread_id, "name": "a", "type": "assistant_message", "output": "x"}
     await api.ok(UPSERT_STEP, i={**fields, "metadata": {"model": "m"}})
     # The thread, created if missing, rides in the same statement (a CTE); SQLite runs no INSERT in
-    # a WITH, so there it is a statement of its own.
-    assert sql_statements.count == (1 if backend == "postgresql" else 2), sql_statements.statements
+    # a WITH, so there it is inserted only when the step finds it missing.
+    assert sql_statements.count == 1, sql_statements.statements
+    sql_statements.clear()
+    new_thread = {**fields, "id": new_uuid(), "threadId": new_uuid()}
+    assert (await api.ok(UPSERT_STEP, i=new_thread))["upsertStep"]["threadId"] == new_thread["threadId"]
+    assert sql_statements.count == (1 if backend == "postgresql" else 3), sql_statements.statements
     sql_statements.clear()
     await api.ok(UPSERT_STEP, i={"id": step_id, "output": "changed"})
     assert sql_statements.count == 1, sql_statements.statements

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.data.access import Access, check_writable_thread, not_yours, require_writable_thread
@@ -444,8 +445,9 @@ async def upsert_step(
     update racing the create of the same step loses nothing. With a `threadId`, a missing thread is
     created. A database trigger moves the thread's `updatedAt` when the step row really changes.
 
-    A backend's write is one statement on PostgreSQL (the thread is inserted in a CTE), two on
-    SQLite; a user's is one check and the write (and, on SQLite, the new thread's insert). Only a
+    A backend's write is one statement on PostgreSQL (the thread is inserted in a CTE), and on
+    SQLite one while the thread exists (two more the first time); a user's is one check and the
+    write (and, on SQLite, the new thread's insert). Only a
     step that changed nothing, or belongs to another thread, costs one statement more."""
     fields = given(changes)
     if (own_parent := _own_parent(step_id, fields)) is not None:
@@ -462,10 +464,22 @@ async def upsert_step(
         in_one = create_thread and dialect == "postgresql"
         if in_one:
             parameters.update(_new_thread_parameters(thread_id, access, now), new_thread_step_id=step_id)
-        elif create_thread:  # SQLite runs no INSERT inside WITH
+        elif create_thread and not access.everything:  # the user's check found it missing
             await ensure_thread(session, thread_id=thread_id, access=access, now=now)
         statement = _upsert(dialect, tuple(fields), _deleted_keys(fields), in_one)
-        row = (await session.execute(statement, parameters)).one_or_none()
+        if create_thread and not in_one and access.everything:
+            # SQLite runs no INSERT inside WITH. Most steps go to a thread that exists: the thread
+            # is inserted only once the step's foreign key finds it missing (SQLite undoes just
+            # the failed statement), not by a statement before every step.
+            try:
+                row = (await session.execute(statement, parameters)).one_or_none()
+            except IntegrityError as error:
+                if "FOREIGN KEY" not in str(error.orig):
+                    raise
+                await ensure_thread(session, thread_id=thread_id, access=access, now=now)
+                row = (await session.execute(statement, parameters)).one_or_none()
+        else:
+            row = (await session.execute(statement, parameters)).one_or_none()
         if in_one and not access.everything and row is not None and not row.thread_created:
             # Someone made the thread the check found missing: the step must not land in it. (On
             # SQLite no writer comes between: the transaction holds the write lock from its start.)
