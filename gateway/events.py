@@ -45,7 +45,7 @@ class EventGroup(Protocol):
         ...
 
 
-NOT_RENDERED = object()
+_NOT_RENDERED = object()
 
 
 class Subscriber(Hashable, Protocol):
@@ -215,8 +215,8 @@ class EventHub:
                     renderings[group, event.position] = result
         for event, by_group in handouts:
             for group, subscribers in by_group.items():
-                result = renderings.get((group, event.position), NOT_RENDERED)
-                if result is not NOT_RENDERED:
+                result = renderings.get((group, event.position), _NOT_RENDERED)
+                if result is not _NOT_RENDERED:
                     for subscriber in subscribers:
                         subscriber.deliver(event, result)
 

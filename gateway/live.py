@@ -8,9 +8,11 @@ without a valid credential is closed with 4401 (none given) or 4403 (refused); a
 token expired later closes it with 4403 too (credentials are checked again every
 GATEWAY_SUBSCRIPTION_AUTH_RECHECK_SECONDS, and when a token's `exp` comes).
 
-Each connection has one outgoing queue, bounded: a subscriber that cannot keep up is closed (code
-1013, reason saying so) rather than slowing the writers or the other subscribers; it resumes with
-the cursor of the last event it received.
+Each connection has one bounded outbox: under `gateway serve` its messages are written to the
+socket as the event hub dispatches (SocketOutbox, gateway.websocket_server), elsewhere queued for a
+writer task (Outbox). A subscriber that cannot keep up is closed (code 1013, reason saying so)
+rather than slowing the writers or the other subscribers; it resumes with the cursor of the last
+event it received.
 """
 
 import asyncio
@@ -64,6 +66,8 @@ CLOSE_TOO_SLOW = 1013
 TOO_SLOW_REASON = "subscriber too slow: resume with the cursor of the last event received"
 REPLAY_CHUNK = 100  # events of a replay rendered together
 ROOM_POLL_SECONDS = 0.01
+STALL_SECONDS = 30.0  # a replay's reader that takes nothing for this long is too slow
+CLOSE_GRACE_SECONDS = 10.0  # after the close frame, until a peer that does not answer is cut off
 
 
 @dataclass
@@ -75,29 +79,43 @@ class LiveSettings:
 
 
 class Outbox:
-    """One connection's outgoing messages: never blocks a producer; overflows past `bound`."""
+    """One connection's outgoing messages, queued for a task to send (SSE's stream; a WebSocket's
+    writer under a server without the `send_now` extension): never blocks a producer. A
+    subscriber with `bound` messages still queued when a step of the event loop begins to add
+    more is too slow (a batch of events added in one step counts once it has been added)."""
 
-    def __init__(self, bound: int, on_overflow: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, bound: int, on_overflow: Callable[[], None] | None = None, *, paced: bool = True
+    ) -> None:
         self.bound = bound
         self.on_overflow = on_overflow
+        # False when nothing drains it yet (SSE's stream starts after the replay): no waiting.
+        self.paced = paced
         self.messages: deque[str] = deque()
         self.ready = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        self._queued_before_step: int | None = None
 
     async def wait_for_room(self, room: int) -> None:
-        """Until `room` more messages fit under the bound (or the outbox is closed)."""
-        while not (self.closed or self.overflowed) and len(self.messages) + room > self.bound:  # noqa: ASYNC110
-            await asyncio.sleep(ROOM_POLL_SECONDS)  # only replays wait: a poll, not an event per message
+        if not self.paced:
+            return
+        await _until_room(self, lambda: len(self.messages), room)
 
     def put(self, message: str) -> None:
-        if self.closed:
+        if self.closed or self.overflowed:  # after an overflow, a later event must not fill a gap
             return
-        if len(self.messages) >= self.bound:
+        if self._queued_before_step is None:
+            self._queued_before_step = len(self.messages)
+            asyncio.get_running_loop().call_soon(self._end_step)
+        if self._queued_before_step >= self.bound:
             self.overflow()
         else:
             self.messages.append(message)
             self.ready.set()
+
+    def _end_step(self) -> None:
+        self._queued_before_step = None
 
     def overflow(self) -> None:
         if not self.overflowed and self.on_overflow is not None:
@@ -125,7 +143,7 @@ class SocketFlusher:
                 outbox.flush()
             except Exception:  # one broken socket must not keep the others' messages
                 logger.exception("writing to a subscriber's socket failed")
-                outbox.closed = True
+                outbox.fail()
 
 
 class SocketOutbox:
@@ -136,17 +154,23 @@ class SocketOutbox:
     a subscriber with `bound` messages waiting there, not even begun, is too slow."""
 
     def __init__(
-        self, sender: SendNow, bound: int, on_overflow: Callable[[], None], flusher: SocketFlusher
+        self,
+        sender: SendNow,
+        bound: int,
+        *,
+        flusher: SocketFlusher,
+        on_overflow: Callable[[], None],
+        on_failure: Callable[[], None],
     ) -> None:
         self.sender = sender
-        self.flusher = flusher
         self.bound = bound
+        self.flusher = flusher
         self.on_overflow = on_overflow
+        self.on_failure = on_failure
         self.pending: list[str] = []
         self.written = 0  # bytes handed to the transport
         self.unread_starts: deque[int] = deque()  # where each message the peer has not begun starts
         self.closed = False
-        self.overflowed = False
 
     def unread_count(self) -> int:
         """Messages written that the peer has not begun to read."""
@@ -158,9 +182,7 @@ class SocketOutbox:
         return len(unread)
 
     async def wait_for_room(self, room: int) -> None:
-        """Until `room` more messages fit under the bound (or the outbox is closed)."""
-        while not self.closed and self.unread_count() + len(self.pending) + room > self.bound:  # noqa: ASYNC110
-            await asyncio.sleep(ROOM_POLL_SECONDS)  # nothing tells when the peer reads: a poll
+        await _until_room(self, lambda: self.unread_count() + len(self.pending), room, self.sender.closing)
 
     def put(self, message: str) -> None:
         if self.closed:
@@ -174,9 +196,15 @@ class SocketOutbox:
 
     def overflow(self) -> None:
         if not self.closed:
-            self.closed = self.overflowed = True
+            self.closed = True
             self.pending.clear()
             self.on_overflow()
+
+    def fail(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pending.clear()
+            self.on_failure()
 
     def flush(self) -> None:
         messages, self.pending = self.pending, []
@@ -193,9 +221,45 @@ class SocketOutbox:
                 self.unread_starts.append(start)
                 start += size
 
+    def close(self, code: int, reason: str) -> None:
+        """What is pending, then the close frame; a peer that reads neither is cut off."""
+        self.flush()
+        self.closed = True
+        self.sender.close(code, reason, grace=CLOSE_GRACE_SECONDS)
+
+
+async def _until_room(
+    outbox: "Outbox | SocketOutbox",
+    waiting: Callable[[], int],
+    room: int,
+    gone: Callable[[], bool] = lambda: False,
+) -> None:
+    """Until `room` more messages fit under the outbox's bound. A peer that reads nothing for
+    STALL_SECONDS is too slow; a closed outbox or socket ends the wait."""
+    loop = asyncio.get_running_loop()
+    seen, deadline = -1, 0.0
+    while not (outbox.closed or getattr(outbox, "overflowed", False)):
+        count = waiting()
+        if count + room <= outbox.bound:
+            return
+        if gone():
+            outbox.closed = True
+            return
+        if count != seen:
+            seen, deadline = count, loop.time() + STALL_SECONDS
+        elif loop.time() > deadline:
+            outbox.overflow()
+            return
+        # Nothing tells when the peer reads (the transport's buffer shrinks silently): a poll,
+        # paid only by a replay that outruns its reader.
+        await asyncio.sleep(ROOM_POLL_SECONDS)
+
 
 class MessageSink(Protocol):
+    """Where a subscription's messages go: an Outbox or a SocketOutbox."""
+
     bound: int
+    closed: bool
 
     def put(self, message: str) -> None: ...
 
@@ -203,7 +267,9 @@ class MessageSink(Protocol):
         """The subscriber is too slow: close it."""
         ...
 
-    async def wait_for_room(self, room: int) -> None: ...
+    async def wait_for_room(self, room: int) -> None:
+        """Until `room` more messages fit (a replay waits for its reader)."""
+        ...
 
 
 Framing = Callable[[str, str], str]  # (subscription id, rendered payload) -> message text
@@ -244,8 +310,9 @@ class LiveSubscription:
         if self.done or event.position <= self.last_position:
             return  # already sent (the replay and the live feed meet here)
         self.last_position = event.position
-        self.outbox.put(self.frame_next(self.id, rendered))
-        EVENTS_SENT.inc()
+        if not self.outbox.closed:
+            self.outbox.put(self.frame_next(self.id, rendered))
+            EVENTS_SENT.inc()
         if isinstance(rendered, FinalRendering) or (
             self.completes_on_delete and event.kind == ThreadEventKind.THREAD_DELETED.value
         ):
@@ -351,6 +418,8 @@ class LiveService:
                 for start in range(0, len(missed), chunk):
                     if start:
                         await outbox.wait_for_room(chunk)
+                    if subscription.done or outbox.closed:
+                        break
                     part = missed[start : start + chunk]
                     for event, rendered in zip(part, await group.render_many(part), strict=True):
                         if isinstance(rendered, BaseException):
@@ -456,7 +525,13 @@ class WebSocketSession:
         self.legacy = protocol == LEGACY_WS
         send_now = websocket.scope.get("extensions", {}).get(SEND_NOW)
         self.outbox: Outbox | SocketOutbox = (
-            SocketOutbox(send_now, service.settings.buffer, self._too_slow, service.flusher)
+            SocketOutbox(
+                send_now,
+                service.settings.buffer,
+                flusher=service.flusher,
+                on_overflow=self._too_slow,
+                on_failure=lambda: self._mark_closed(1011, "Internal error writing to the socket"),
+            )
             if isinstance(send_now, SendNow)
             else Outbox(service.settings.buffer, on_overflow=self._too_slow)
         )
@@ -518,8 +593,11 @@ class WebSocketSession:
                 self.close_code is not None
                 and self.websocket.application_state != WebSocketState.DISCONNECTED
             ):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.websocket.close(*self.close_code), 2)
+                if isinstance(self.outbox, SocketOutbox):
+                    self.outbox.close(*self.close_code)  # behind what is pending, even to a stalled peer
+                else:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self.websocket.close(*self.close_code), 2)
 
     async def _receive(self) -> dict[str, Any] | None:
         try:
@@ -731,7 +809,7 @@ def _origin_allowed(origin: str, host: str, service: LiveService) -> bool:
 async def serve_sse(service: LiveService, request: Request, caller: Caller, payload: Any) -> Response:
     """graphql-sse, distinct connections mode: one subscription per response stream."""
     request_id = request.scope.get("state", {}).get("request_id") or new_id()
-    outbox = Outbox(service.settings.buffer)
+    outbox = Outbox(service.settings.buffer, paced=False)  # its stream starts after the replay
     finished = asyncio.Event()
 
     def completed(subscription: LiveSubscription) -> None:

@@ -195,6 +195,7 @@ class SelectionGroup:
     executor: Executor[Any]
     context: GatewayContext
     members: int = 0
+    checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
     async def render_many(self, events: Sequence[tables.ThreadEvent]) -> list[str | BaseException]:
         """Each event as the `payload` of a `next` message (`{"data": ...}` as JSON text), or the
@@ -229,7 +230,8 @@ class SelectionGroup:
         access = self.context.access
         if access.everything or event.kind != ThreadEventKind.THREAD_UPDATED.value or event.activity:
             return True
-        async with self.context.db.session() as session:
+        # A batch's events render at once: their checks take turns, not the whole pool.
+        async with self.checks, self.context.db.session() as session:
             if await threads.get_threads_by_ids(session, ids=[event.threadId], access=access):
                 return True
             return not await threads.get_threads_by_ids(session, ids=[event.threadId], access=Access())

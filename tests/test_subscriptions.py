@@ -36,7 +36,15 @@ from tests.conftest import (
     secured_settings,
     user_token,
 )
-from tests.live import THREAD_EVENTS, USER_THREAD_EVENTS, StalledClient, live_client, served, until_live
+from tests.live import (
+    RECEIVE_TIMEOUT,
+    THREAD_EVENTS,
+    USER_THREAD_EVENTS,
+    StalledClient,
+    live_client,
+    served,
+    until_live,
+)
 from tests.test_faults import proxy_to
 from tests.test_operations import samples
 
@@ -519,6 +527,111 @@ async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(
     assert during[SUBSCRIPTIONS] - before[SUBSCRIPTIONS] == 1  # the resumed one
     assert during[EVENTS_SENT] - before[EVENTS_SENT] >= 2 * appends  # the healthy one's; the others'
     assert after[SUBSCRIPTIONS] == before[SUBSCRIPTIONS]
+
+
+# Steps written by another program in one transaction: the hub reads their events as one batch.
+INSERT_STEP = sa.text(
+    'INSERT INTO steps (id, name, type, "threadId", streaming, output, "createdAt") '
+    "VALUES (:id, 'other', 'run', :thread, false, 'x', '2026-01-01T00:00:00.000Z')"
+)
+
+
+async def sse_lines(http: httpx.AsyncClient, url: str, variables: dict[str, Any]) -> AsyncIterator[Any]:
+    """None once the graphql-sse stream is subscribed, then the `data` of each of its events."""
+    body = {"query": THREAD_EVENTS, "variables": variables}
+    async with http.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line == ": subscribed":
+                yield None
+            elif line.startswith("data: {"):
+                yield json.loads(line.removeprefix("data: "))
+
+
+@pytest.mark.parametrize("transport", ["written-at-once", "queued-through-asgi", "sse"])
+async def test_a_reader_keeping_up_gets_a_burst_larger_than_its_buffer(
+    database_url: str, api: Api, transport: str
+) -> None:
+    """A transaction's many events reach the hub together; a subscriber reading as fast as it can
+    is not too slow for that, whatever the transport."""
+    settings = Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        reaper_interval_seconds=QUIET_REAPER,
+        subscription_buffer=4,
+    )
+    thread_id, burst = await new_thread(api), 6
+    ws = "websockets-sansio" if transport == "queued-through-asgi" else GatewayWebSocketProtocol
+    async with running(settings) as application, served(application, ws=ws) as address:
+
+        async def write_burst() -> None:
+            async with application.state.db.transaction() as session:
+                for _ in range(burst):
+                    await session.execute(INSERT_STEP, {"id": new_uuid(), "thread": thread_id})
+            application.state.events.kick()
+
+        if transport == "sse":
+            async with httpx.AsyncClient(timeout=RECEIVE_TIMEOUT) as http:
+                stream = sse_lines(http, address.replace("ws://", "http://"), {"t": thread_id})
+                assert await anext(stream) is None
+                await api.ok(UPSERT_THREAD, i={"id": thread_id, "name": "live"})
+                assert (await anext(stream))["data"]["threadEvents"]["kind"] == "THREAD_UPDATED"
+                await write_burst()
+                kinds = [(await anext(stream))["data"]["threadEvents"]["kind"] for _ in range(burst)]
+                await stream.aclose()
+        else:
+            async with live_client(address) as client:
+                await until_live(
+                    client, api, await client.subscribe(THREAD_EVENTS, t=thread_id), thread_id=thread_id
+                )
+                await write_burst()
+                kinds = [(await client.next_event())["kind"] for _ in range(burst)]
+    assert kinds == ["STEP_CREATED"] * burst
+
+
+async def test_a_resume_over_sse_longer_than_the_buffer_makes_progress_to_the_end(
+    database_url: str, api: Api
+) -> None:
+    """Replaying more than GATEWAY_SUBSCRIPTION_BUFFER events over SSE: each stream answers at
+    once with what fits, then SUBSCRIBER_TOO_SLOW; resuming from its last cursor gets the rest,
+    in order, none twice."""
+    settings = Settings(
+        database_url=database_url,
+        auto_migrate=False,
+        reaper_interval_seconds=QUIET_REAPER,
+        subscription_buffer=4,
+    )
+    thread_id = await new_thread(api)
+    step_id = await new_step(api, thread_id, output="")
+    async with (
+        running(settings) as application,
+        served(application) as address,
+        httpx.AsyncClient(timeout=RECEIVE_TIMEOUT) as http,
+    ):
+        url = address.replace("ws://", "http://")
+        stream = sse_lines(http, url, {"t": thread_id})
+        assert await anext(stream) is None
+        await api.ok(APPEND, id=step_id, d="start")
+        cursor = (await anext(stream))["data"]["threadEvents"]["cursor"]
+        await stream.aclose()
+        deltas = [str(number) for number in range(10)]
+        for delta in deltas:
+            await api.ok(APPEND, id=step_id, d=delta)
+        received: list[str] = []
+        for _attempt in range(10):
+            async for data in sse_lines(http, url, {"t": thread_id, "after": cursor}):
+                if data is None:
+                    continue
+                if data.get("errors"):
+                    assert data["errors"][0]["extensions"]["code"] == "SUBSCRIBER_TOO_SLOW"
+                    break
+                received.append(data["data"]["threadEvents"]["delta"])
+                cursor = data["data"]["threadEvents"]["cursor"]
+                if len(received) == len(deltas):
+                    break
+            if len(received) == len(deltas):
+                break
+    assert received == deltas
 
 
 SUBSCRIPTIONS = ("gateway_subscriptions", ())
