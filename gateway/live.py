@@ -53,7 +53,7 @@ from resolvers.subscriptions import (
     SubscriptionRefused,
     ThreadEventKind,
     prepare_subscription,
-    replay_events,
+    replay_batches,
 )
 
 logger = logging.getLogger("gateway.live")
@@ -64,7 +64,7 @@ CONNECTION_INIT_TIMEOUT_SECONDS = 10.0
 KEEP_ALIVE_SECONDS = 15.0
 CLOSE_TOO_SLOW = 1013
 TOO_SLOW_REASON = "subscriber too slow: resume with the cursor of the last event received"
-REPLAY_CHUNK = 100  # events of a replay rendered together
+REPLAY_CHUNK = 100  # events of a replay read and rendered together
 ROOM_POLL_SECONDS = 0.01
 STALL_SECONDS = 30.0  # a replay's reader that takes nothing for this long is too slow
 CLOSE_GRACE_SECONDS = 10.0  # after the close frame, until a peer that does not answer is cut off
@@ -120,7 +120,7 @@ class Outbox:
     def overflow(self) -> None:
         if not self.overflowed and self.on_overflow is not None:
             self.on_overflow()  # the writer may be stuck sending to this very subscriber
-        self.overflowed = True
+        self.overflowed = self.closed = True  # what is queued still goes out, then the error
         self.ready.set()
 
 
@@ -410,21 +410,23 @@ class LiveService:
                     subscription.last_position = max(through, await thread_events.latest_position(session))
             else:
                 subscription.last_position = prepared.after.position
-                missed = await replay_events(
-                    group.context, feed, after=prepared.after.position, through=through
+                # In batches the subscriber has room for: a long replay is paced by its reading.
+                size = max(1, min(REPLAY_CHUNK, self.settings.buffer // 2))
+                replay = replay_batches(
+                    group.context, feed, after=prepared.after.position, through=through, size=size
                 )
-                # In chunks the subscriber has room for: a long replay is paced by its reading.
-                chunk = max(1, min(REPLAY_CHUNK, self.settings.buffer // 2))
-                for start in range(0, len(missed), chunk):
-                    if start:
-                        await outbox.wait_for_room(chunk)
-                    if subscription.done or outbox.closed:
-                        break
-                    part = missed[start : start + chunk]
-                    for event, rendered in zip(part, await group.render_many(part), strict=True):
-                        if isinstance(rendered, BaseException):
-                            raise rendered
-                        subscription.send(event, rendered)
+                async with contextlib.aclosing(replay):
+                    waited = False
+                    async for part in replay:
+                        if waited:
+                            await outbox.wait_for_room(len(part))
+                        waited = True
+                        if subscription.done or outbox.closed:
+                            break
+                        for event, rendered in zip(part, await group.render_many(part), strict=True):
+                            if isinstance(rendered, BaseException):
+                                raise rendered
+                            subscription.send(event, rendered)
             subscription.replaying = False
             for event, rendered in subscription.pending:
                 subscription.send(event, rendered)

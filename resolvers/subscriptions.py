@@ -46,7 +46,6 @@ from resolvers.types import Element, Feedback, Step, Thread
 
 logger = logging.getLogger("gateway.subscriptions")
 
-REPLAY_BATCH = 500
 CURSOR_PREFIX = "ev1:"
 MAX_POSITION = 2**63 - 1
 
@@ -424,23 +423,25 @@ def _live_cursor(after: Any, retention: timedelta) -> EventCursor | None:
     return cursor
 
 
-async def replay_events(
-    context: GatewayContext, feed: Feed, *, after: int, through: int
-) -> Sequence[tables.ThreadEvent]:
-    """The feed's retained events in (after, through], in order."""
-    found: list[tables.ThreadEvent] = []
-    async with context.db.session() as session:
-        while True:
+async def replay_batches(
+    context: GatewayContext, feed: Feed, *, after: int, through: int, size: int
+) -> AsyncGenerator[Sequence[tables.ThreadEvent], None]:
+    """The feed's retained events in (after, through], in order, `size` at a time: each batch read
+    when the previous one is taken, so a long resume holds one batch, not all it missed (and no
+    connection while its reader catches up)."""
+    while True:
+        async with context.db.session() as session:
             if feed.kind == "thread":
                 batch = await thread_events.thread_events_between(
-                    session, thread_id=feed.key, after=after, through=through, limit=REPLAY_BATCH
+                    session, thread_id=feed.key, after=after, through=through, limit=size
                 )
             else:
                 batch = await thread_events.user_events_between(
-                    session, user_id=feed.key, after=after, through=through, limit=REPLAY_BATCH
+                    session, user_id=feed.key, after=after, through=through, limit=size
                 )
-            found.extend(batch)
-            if len(batch) < REPLAY_BATCH:
-                return found
-            assert batch[-1].position is not None
-            after = batch[-1].position
+        if batch:
+            yield batch
+        if len(batch) < size:
+            return
+        assert batch[-1].position is not None
+        after = batch[-1].position
