@@ -103,7 +103,7 @@ class Outbox:
         await _until_room(self, lambda: len(self.messages), room)
 
     def put(self, message: str) -> None:
-        if self.closed or self.overflowed:  # after an overflow, a later event must not fill a gap
+        if self.closed:  # also after an overflow: a later event must not fill a gap
             return
         if self._queued_before_step is None:
             self._queued_before_step = len(self.messages)
@@ -238,7 +238,7 @@ async def _until_room(
     STALL_SECONDS is too slow; a closed outbox or socket ends the wait."""
     loop = asyncio.get_running_loop()
     seen, deadline = -1, 0.0
-    while not (outbox.closed or getattr(outbox, "overflowed", False)):
+    while not outbox.closed:
         count = waiting()
         if count + room <= outbox.bound:
             return
