@@ -97,8 +97,7 @@ async def database_url(
 @pytest.fixture(scope="session")
 async def app(database_url: str) -> AsyncIterator[Starlette]:
     """The gateway in open development mode (no credentials configured), as a developer runs it."""
-    settings = Settings(database_url=database_url, auto_migrate=False, reaper_interval_seconds=QUIET_REAPER)
-    async with running(settings) as application:
+    async with running(open_settings(database_url)) as application:
         yield application
 
 
@@ -198,6 +197,13 @@ def user_token(identifier: str, *, secret: str = TEST_JWT_SECRET, lifetime: int 
     now = int(time.time())
     payload = {"sub": identifier, "iat": now, "exp": now + lifetime, **claims}
     return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def open_settings(database_url: str, **overrides: Any) -> Settings:
+    """Open development mode (no credentials configured), migrated already, the reaper quiet."""
+    return Settings(
+        database_url=database_url, auto_migrate=False, reaper_interval_seconds=QUIET_REAPER, **overrides
+    )
 
 
 def secured_settings(database_url: str, **overrides: Any) -> Settings:

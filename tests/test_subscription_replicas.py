@@ -14,10 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
-from gateway.config import Settings
 from gateway.database import Database
 from gateway.events import LISTENER_NAME
-from tests.conftest import QUIET_REAPER, TEST_API_KEY, Api, _asyncpg_dsn, new_uuid, running
+from tests.conftest import TEST_API_KEY, Api, _asyncpg_dsn, new_uuid, open_settings, running
 from tests.live import THREAD_EVENTS, live_client, served, until_live
 from tests.test_cli import SERVER_START_TIMEOUT, Server, _env, _free_port, _wait_until_healthy
 from tests.test_subscriptions import APPEND, new_step, new_thread
@@ -97,12 +96,7 @@ async def test_a_dropped_listen_connection_reconnects_and_catches_up(
     if backend != "postgresql":
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
     # No poll to hide a dead listener: only NOTIFY (or the catch-up after reconnecting) delivers.
-    settings = Settings(
-        database_url=database_url,
-        auto_migrate=False,
-        reaper_interval_seconds=QUIET_REAPER,
-        event_poll_seconds=3600,
-    )
+    settings = open_settings(database_url, event_poll_seconds=3600)
     thread_id = await new_thread(api)
     async with (
         running(settings) as application,

@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from gateway.auth import api_key_prefix, hash_api_key, new_api_key
 from gateway.client import GatewayClient
 from gateway.client import GatewayError as ClientError
-from gateway.config import Settings
 from gateway.data import api_keys
 from gateway.database import Database
 from gateway.events import EventHub
@@ -26,12 +25,12 @@ from gateway.timestamps import utc_now
 from gateway.websocket_server import GatewayWebSocketProtocol
 from resolvers.subscriptions import decode_event_cursor, encode_event_cursor
 from tests.conftest import (
-    QUIET_REAPER,
     TEST_API_KEY,
     Api,
     _free_port,
     client_of,
     new_uuid,
+    open_settings,
     running,
     secured_settings,
     user_token,
@@ -481,12 +480,7 @@ async def test_server_sent_events_by_hand(api: Api, url: str) -> None:
 async def test_a_slow_subscriber_is_closed_and_resumes_without_loss(
     database_url: str, api: Api, ws: Any
 ) -> None:
-    settings = Settings(
-        database_url=database_url,
-        auto_migrate=False,
-        reaper_interval_seconds=QUIET_REAPER,
-        subscription_buffer=4,
-    )
+    settings = open_settings(database_url, subscription_buffer=4)
     thread_id = await new_thread(api)
     step_id = await new_step(api, thread_id, output="")
     chunk, appends = "x" * 128 * 1024, 12
@@ -554,12 +548,7 @@ async def test_a_reader_keeping_up_gets_a_burst_larger_than_its_buffer(
 ) -> None:
     """A transaction's many events reach the hub together; a subscriber reading as fast as it can
     is not too slow for that, whatever the transport."""
-    settings = Settings(
-        database_url=database_url,
-        auto_migrate=False,
-        reaper_interval_seconds=QUIET_REAPER,
-        subscription_buffer=4,
-    )
+    settings = open_settings(database_url, subscription_buffer=4)
     thread_id, burst = await new_thread(api), 6
     ws = "websockets-sansio" if transport == "queued-through-asgi" else GatewayWebSocketProtocol
     async with running(settings) as application, served(application, ws=ws) as address:
@@ -595,12 +584,7 @@ async def test_a_resume_over_sse_longer_than_the_buffer_makes_progress_to_the_en
     """Replaying more than GATEWAY_SUBSCRIPTION_BUFFER events over SSE: each stream answers at
     once with what fits, then SUBSCRIBER_TOO_SLOW; resuming from its last cursor gets the rest,
     in order, none twice."""
-    settings = Settings(
-        database_url=database_url,
-        auto_migrate=False,
-        reaper_interval_seconds=QUIET_REAPER,
-        subscription_buffer=4,
-    )
+    settings = open_settings(database_url, subscription_buffer=4)
     thread_id = await new_thread(api)
     step_id = await new_step(api, thread_id, output="")
     async with (
@@ -650,13 +634,7 @@ async def scrape_open(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 async def test_events_older_than_the_retention_are_pruned_and_their_cursors_expire(
     database_url: str, api: Api, db: Database
 ) -> None:
-    settings = Settings(
-        database_url=database_url,
-        auto_migrate=False,
-        reaper_interval_seconds=QUIET_REAPER,
-        event_retention=timedelta(seconds=1),
-        event_poll_seconds=0.2,
-    )
+    settings = open_settings(database_url, event_retention=timedelta(seconds=1), event_poll_seconds=0.2)
     thread_id = await new_thread(api)
     async with (
         running(settings) as application,
@@ -851,11 +829,7 @@ async def test_a_subscription_whose_start_meets_an_outage_is_retryable(
         if backend == "postgresql":
             proxy = await stack.enter_async_context(proxy_to(url.host or "127.0.0.1", url.port or 5432))
             url = url.set(host="127.0.0.1", port=proxy.port)
-        settings = Settings(
-            database_url=url.render_as_string(hide_password=False),
-            auto_migrate=False,
-            reaper_interval_seconds=QUIET_REAPER,
-        )
+        settings = open_settings(url.render_as_string(hide_password=False))
         application = await stack.enter_async_context(running(settings))
         address = await stack.enter_async_context(served(application))
         if backend == "postgresql":
@@ -897,7 +871,7 @@ async def test_closed_subscriptions_leave_nothing_in_the_event_hub(api: Api, dat
     """Subscriptions stopped one by one, then a socket closed with the rest: the hub forgets each,
     and a thread or list nobody watches any more."""
     first, second = await new_thread(api), await new_thread(api)
-    settings = Settings(database_url=database_url, auto_migrate=False, reaper_interval_seconds=QUIET_REAPER)
+    settings = open_settings(database_url)
     async with running(settings) as application, served(application) as address:
         hub: EventHub = application.state.events
 
