@@ -195,16 +195,17 @@ class SocketOutbox:
         self.pending.append(message)
 
     def overflow(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.pending.clear()
-            self.on_overflow()
+        self._end(self.on_overflow)
 
     def fail(self) -> None:
+        self._end(self.on_failure)
+
+    def _end(self, then: Callable[[], None]) -> None:
+        """Nothing more is written; `then` closes the session (once)."""
         if not self.closed:
             self.closed = True
             self.pending.clear()
-            self.on_failure()
+            then()
 
     def flush(self) -> None:
         messages, self.pending = self.pending, []
